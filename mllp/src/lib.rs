@@ -1,0 +1,51 @@
+//! MLLP (Minimal Lower Layer Protocol) for Courier: framing, a listener and a client.
+//!
+//! MLLP wraps each message in a frame, `<VT 0x0B> payload <FS 0x1C><CR 0x0D>`, on a TCP (or
+//! TLS) stream. This crate moves frames and nothing else: it never parses or logs a payload
+//! (payloads are HL7 messages carrying patient data) and does not depend on the HL7 model.
+//! What a frame means and what to answer is decided by the [`Handler`] the listener is
+//! given, and by the caller of [`MllpClient`].
+//!
+//! * [`codec`] — [`MllpCodec`], a `tokio_util` codec: split reads, many frames per read,
+//!   garbage between frames, missing `<CR>`, resynchronisation and the frame size limit.
+//! * [`listener`] — [`serve`] accepts connections under a connection limit and serves each
+//!   with [`serve_connection`]: one frame at a time, handler, reply, next frame; idle
+//!   timeout; graceful shutdown through a `CancellationToken`.
+//! * [`client`] — [`MllpClient`]: lazy connect, one request and its reply at a time, the
+//!   connection dropped on any error. Retry and backoff are the caller's.
+//!
+//! Every resource has a named limit — [`ListenerSettings::max_connections`],
+//! [`ListenerSettings::idle_timeout`], `max_frame_size`, [`ClientSettings::connect_timeout`],
+//! [`ClientSettings::write_timeout`], the reply timeout — and the error or log line that
+//! reports hitting one names it and its value.
+//!
+//! ```no_run
+//! use std::sync::Arc;
+//! use bytes::Bytes;
+//! use courier_mllp::{Handler, ListenerSettings, PeerInfo, serve};
+//! use tokio_util::sync::CancellationToken;
+//!
+//! struct Echo;
+//!
+//! impl Handler for Echo {
+//!     async fn handle(&self, frame: Bytes, _peer: &PeerInfo) -> Option<Bytes> {
+//!         Some(frame)
+//!     }
+//! }
+//!
+//! # async fn run() -> std::io::Result<()> {
+//! let listener = tokio::net::TcpListener::bind("127.0.0.1:2575").await?;
+//! let shutdown = CancellationToken::new();
+//! serve(listener, ListenerSettings::new("adt-in"), Arc::new(Echo), shutdown).await
+//! # }
+//! ```
+
+#![deny(missing_docs)]
+
+pub mod client;
+pub mod codec;
+pub mod listener;
+
+pub use client::{ClientError, ClientSettings, MllpClient};
+pub use codec::{CodecError, DEFAULT_MAX_FRAME_SIZE, MllpCodec};
+pub use listener::{ConnectionError, Handler, ListenerSettings, PeerInfo, serve, serve_connection};
