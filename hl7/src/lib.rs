@@ -1,0 +1,33 @@
+//! Courier's HL7 v2 message model.
+//!
+//! The engine, the Rhai API and the plugin SDK all share this crate, so it has no async
+//! runtime, no I/O and builds for `wasm32-wasip2`. It is a lossless, zero-copy index over the
+//! bytes of an ER7 message: an unchanged message re-encodes byte for byte, an edited one
+//! re-encodes with its own delimiters (MSH-1/MSH-2) and correct escaping. Anything it cannot
+//! represent is refused with an error that says where, never silently truncated.
+//!
+//! Paths are 1-indexed as in the standard: `PID-5.1`, `PID-3[2].1` (repetition), `OBX[3]-5`
+//! (segment occurrence), `PID-5.1.2` (sub-component); `PID.5.1` is accepted as an alias.
+
+mod ack;
+mod batch;
+mod charset;
+mod delimiters;
+mod error;
+mod escape;
+mod json;
+mod message;
+mod path;
+
+pub use ack::{
+    AckCode, AckCondition, AckError, AckMode, AckParseError, ReceivedAck, Severity, ack_mode,
+    build_ack, build_nak_for_unparsed,
+};
+pub use batch::{Batch, BatchError, DeclaredCounts, split_messages};
+pub use charset::Charset;
+pub use delimiters::Delimiters;
+pub use error::{EditError, ErrorCode, ErrorLocation, ParseError};
+pub use escape::{decode, encode};
+pub use json::{JsonError, MAX_POSITION, from_json, from_json_with, to_json};
+pub use message::{Element, LineEndings, Message, MessageType, ParseOptions, SegmentRef};
+pub use path::{Path, PathError};
