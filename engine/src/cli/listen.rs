@@ -1,0 +1,166 @@
+//! `courier listen`: a receiver that acknowledges every message and prints it or writes it
+//! to a directory — a stand-in EMR, LIS or billing system for demos and tests.
+//!
+//! Unlike the engine this tool prints message bodies: it is the user's own test receiver.
+
+use std::io::Write;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use anyhow::Context;
+use bytes::Bytes;
+use courier::runtime::hl7_now;
+use courier_hl7::{
+    AckCode, AckError, AckMode, ErrorCode, LineEndings, Message, ParseOptions, Severity, build_ack,
+    build_nak_for_unparsed,
+};
+use courier_mllp::{Handler, ListenerSettings, PeerInfo};
+use tokio_util::sync::CancellationToken;
+
+/// Serves until SIGINT/SIGTERM.
+pub fn listen(addr: SocketAddr, out: Option<PathBuf>, ack: &str) -> anyhow::Result<ExitCode> {
+    if let Some(dir) = &out {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    let code = match ack {
+        "AE" => AckCode::AE,
+        "AR" => AckCode::AR,
+        _ => AckCode::AA,
+    };
+    super::runtime()?.block_on(async {
+        let socket = tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("cannot bind {addr}"))?;
+        let local = socket.local_addr()?;
+        println!("listening on {local}");
+        std::io::stdout().flush()?;
+        let token = CancellationToken::new();
+        super::cancel_on_signal(token.clone());
+        let receiver = Arc::new(Receiver {
+            out,
+            code,
+            seq: AtomicU64::new(0),
+        });
+        let settings = ListenerSettings {
+            name: "listen".into(),
+            max_connections: 64,
+            idle_timeout: std::time::Duration::from_secs(3600),
+            max_frame_size: courier_mllp::DEFAULT_MAX_FRAME_SIZE,
+        };
+        courier_mllp::serve(socket, settings, receiver, token).await?;
+        Ok(ExitCode::SUCCESS)
+    })
+}
+
+struct Receiver {
+    out: Option<PathBuf>,
+    code: AckCode,
+    seq: AtomicU64,
+}
+
+impl Handler for Receiver {
+    async fn handle(&self, frame: Bytes, peer: &PeerInfo) -> Option<Bytes> {
+        let options = ParseOptions {
+            line_endings: LineEndings::Lenient,
+            ..ParseOptions::default()
+        };
+        let msg = match Message::parse_with(frame.clone(), &options) {
+            Ok(m) => m,
+            Err(e) => {
+                println!("--- unreadable message from {}: {e}", peer.peer);
+                let err = AckError::from_parse_error(&e);
+                return Some(build_nak_for_unparsed(
+                    &frame,
+                    AckCode::AR,
+                    &err,
+                    &self.ack_id(),
+                    &hl7_now(),
+                ));
+            }
+        };
+        let seq = self.seq.fetch_add(1, Ordering::SeqCst) + 1;
+        let control_id = msg.control_id().unwrap_or_default();
+        let header = format!(
+            "--- #{seq} {} {control_id} from {} ({} bytes)",
+            msg.message_type(),
+            peer.peer,
+            frame.len()
+        );
+        match &self.out {
+            Some(dir) => {
+                let name = format!("{seq:06}-{}.hl7", sanitise(&control_id));
+                let written = write_atomically(dir, &name, &frame);
+                match written {
+                    Ok(()) => println!("{header} -> {name}"),
+                    Err(e) => {
+                        println!("{header}: cannot write {name}: {e}");
+                        return Some(self.reply(
+                            &msg,
+                            AckCode::AE,
+                            Some("stand-in could not store the message"),
+                        ));
+                    }
+                }
+            }
+            None => {
+                let text = String::from_utf8_lossy(&frame).replace('\r', "\n");
+                println!("{header}\n{}", text.trim_end());
+            }
+        }
+        let _ = std::io::stdout().flush();
+        let text = (!self.code.is_accept()).then_some("stand-in configured to refuse");
+        Some(self.reply(&msg, self.code, text))
+    }
+}
+
+impl Receiver {
+    fn ack_id(&self) -> String {
+        format!("LSN{}", self.seq.load(Ordering::SeqCst))
+    }
+
+    fn reply(&self, msg: &Message, code: AckCode, text: Option<&str>) -> Bytes {
+        let code = match (AckMode::of(msg), code) {
+            (AckMode::Original, c) => c,
+            (_, AckCode::AA) => AckCode::CA,
+            (_, AckCode::AE) => AckCode::CE,
+            (_, _) => AckCode::CR,
+        };
+        let error = text.map(|t| AckError {
+            code: ErrorCode::ApplicationInternalError,
+            location: None,
+            text: t.to_owned(),
+            severity: Severity::Error,
+        });
+        build_ack(msg, code, error.as_ref(), &self.ack_id(), &hl7_now())
+    }
+}
+
+/// Keeps file names portable whatever a control id holds.
+fn sanitise(s: &str) -> String {
+    let cleaned: String = s
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .take(64)
+        .collect();
+    if cleaned.is_empty() {
+        "no-control-id".into()
+    } else {
+        cleaned
+    }
+}
+
+/// Writes to a temporary name and renames, so readers never see half a file.
+fn write_atomically(dir: &std::path::Path, name: &str, data: &[u8]) -> std::io::Result<()> {
+    let tmp = dir.join(format!(".{name}.tmp"));
+    std::fs::write(&tmp, data)?;
+    std::fs::rename(&tmp, dir.join(name))
+}

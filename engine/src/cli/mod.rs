@@ -1,0 +1,149 @@
+//! Command-line interface (clap). Each subcommand lives in its own file; this one parses
+//! arguments, sets up logging and maps results to exit codes:
+//! 0 success, 1 the command's own "no" (a NAK, an invalid config), 2 usage or I/O errors.
+
+mod listen;
+mod parse;
+mod run;
+mod send;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+use courier::logging::{self, LogFormat};
+
+/// Courier, an HL7 v2 interface engine.
+#[derive(Debug, Parser)]
+#[command(name = "courier", version, about, propagate_version = true)]
+struct Cli {
+    /// Log line format (logs go to stderr).
+    #[arg(long, global = true, value_enum, default_value = "text")]
+    log_format: LogFormat,
+    /// Log level or filter (e.g. `info`, `debug`, `courier=debug`); `RUST_LOG` wins if set.
+    #[arg(long, global = true, default_value = "info")]
+    log_level: String,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the engine with a config file until SIGINT/SIGTERM.
+    Run {
+        /// The TOML config file.
+        config: PathBuf,
+    },
+    /// Validate config files; exits non-zero with the file, line and key of each error.
+    Check {
+        /// The TOML config files.
+        #[arg(required = true)]
+        configs: Vec<PathBuf>,
+    },
+    /// Send HL7 files over MLLP and print each ACK.
+    ///
+    /// A file may hold one message, several, an FHS/BHS batch, or MLLP frames. Line endings
+    /// `\n` and `\r\n` are sent as `\r`. Exits 1 if any message is not accepted.
+    Send {
+        /// Files to send, in order.
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+        /// Receiver, host:port.
+        #[arg(long)]
+        to: String,
+        /// How long to wait for each ACK.
+        #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+        timeout: Duration,
+        /// Send each file's bytes untouched as one frame (for testing bad input).
+        #[arg(long)]
+        raw: bool,
+    },
+    /// Show a message's structure, the values at paths, or its JSON form.
+    Parse {
+        /// The HL7 file (one message, several, or a batch).
+        file: PathBuf,
+        /// Print the value at this path (repeatable), e.g. `PID-5.1`, `PID-3[2].1`.
+        #[arg(long = "path", short = 'p')]
+        paths: Vec<String>,
+        /// Print the message as JSON.
+        #[arg(long, conflicts_with = "paths")]
+        json: bool,
+    },
+    /// A receiver that ACKs every message and prints or stores it: a stand-in EMR or LIS.
+    Listen {
+        /// Port to listen on (0 picks a free one; the address is printed).
+        #[arg(long)]
+        port: u16,
+        /// Address to bind.
+        #[arg(long, default_value = "127.0.0.1")]
+        bind: std::net::IpAddr,
+        /// Write each message to this directory (one file each) instead of printing it.
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// ACK code to answer with (AE or AR to test a sender's error handling).
+        #[arg(long, default_value = "AA", value_parser = ["AA", "AE", "AR"])]
+        ack: String,
+    },
+}
+
+/// Entry point: parses arguments and runs the subcommand.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    logging::init(cli.log_format, &cli.log_level);
+    let result = match cli.command {
+        Command::Run { config } => run::run(&config),
+        Command::Check { configs } => run::check(&configs),
+        Command::Send {
+            files,
+            to,
+            timeout,
+            raw,
+        } => send::send(&files, &to, timeout, raw),
+        Command::Parse { file, paths, json } => parse::parse(&file, &paths, json),
+        Command::Listen {
+            port,
+            bind,
+            out,
+            ack,
+        } => listen::listen(std::net::SocketAddr::new(bind, port), out, &ack),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+/// A multi-threaded tokio runtime for the async subcommands.
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?)
+}
+
+/// Cancels `token` on SIGINT or SIGTERM.
+fn cancel_on_signal(token: tokio_util::sync::CancellationToken) {
+    tokio::spawn(async move {
+        let ctrl_c = tokio::signal::ctrl_c();
+        #[cfg(unix)]
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = ctrl_c => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot watch SIGTERM; only SIGINT stops the engine");
+                let _ = ctrl_c.await;
+            }
+        }
+        #[cfg(not(unix))]
+        let _ = ctrl_c.await;
+        tracing::info!("signal received; shutting down gracefully");
+        token.cancel();
+    });
+}

@@ -1,0 +1,81 @@
+//! `courier parse`: a message's structure, the values at paths, or its JSON form.
+
+use std::path::Path;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use courier_hl7::{Message, Path as HlPath};
+
+/// Prints each message of the file as asked.
+pub fn parse(file: &Path, paths: &[String], json: bool) -> anyhow::Result<ExitCode> {
+    let messages = super::send::read_messages(file)?;
+    let paths = paths
+        .iter()
+        .map(|p| HlPath::parse(p).with_context(|| format!("bad path `{p}`")))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let many = messages.len() > 1;
+    let mut json_out = Vec::new();
+    let mut failed = false;
+    for (i, bytes) in messages.into_iter().enumerate() {
+        let msg = match Message::parse(bytes) {
+            Ok(m) => m,
+            Err(e) => {
+                eprintln!("{}: message {}: {e}", file.display(), i + 1);
+                failed = true;
+                continue;
+            }
+        };
+        if json {
+            json_out.push(courier_hl7::to_json(&msg));
+            continue;
+        }
+        if many {
+            println!("# message {}", i + 1);
+        }
+        if paths.is_empty() {
+            print_structure(&msg);
+        } else {
+            for p in &paths {
+                match msg.get(p) {
+                    Some(v) => println!("{p}\t{v}"),
+                    None => println!("{p}\t(absent)"),
+                }
+            }
+        }
+    }
+    if json {
+        let value = if json_out.len() == 1 {
+            json_out.pop().unwrap_or_default()
+        } else {
+            serde_json::Value::Array(json_out)
+        };
+        println!("{}", serde_json::to_string_pretty(&value)?);
+    }
+    Ok(if failed {
+        ExitCode::from(1)
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
+/// One line per valued field: its path and its ER7 text.
+fn print_structure(msg: &Message) {
+    for seg in msg.segments() {
+        let occurrence = seg.occurrence();
+        let id = seg.id();
+        let name = if occurrence > 1 {
+            format!("{id}[{occurrence}]")
+        } else {
+            id.to_owned()
+        };
+        println!("{name}");
+        for n in 1..=seg.field_count() {
+            let Some(field) = seg.field(n) else { continue };
+            let raw = field.raw();
+            if raw.is_empty() {
+                continue;
+            }
+            println!("  {name}-{n:<3} {}", String::from_utf8_lossy(raw));
+        }
+    }
+}

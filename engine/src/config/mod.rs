@@ -1,0 +1,648 @@
+//! The engine's TOML configuration: listeners, destinations and routes.
+//!
+//! Every struct is `deny_unknown_fields`, so a misspelt key fails at start-up; every error
+//! names the file, the line and the key. Loading does all validation that can be done
+//! without the network (names resolve, paths and filter expressions parse, addresses are
+//! well formed), so `courier check` and `courier run` refuse the same configs.
+
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::ops::Range;
+use std::path::{Path as FsPath, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+use toml::Spanned;
+
+use crate::route::{Condition, Pattern};
+
+/// A configuration error, naming the file, the line and the key.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read config {file}: {source}")]
+    Io {
+        /// The config file.
+        file: PathBuf,
+        /// What the OS said.
+        source: std::io::Error,
+    },
+    /// The TOML is malformed, a key is unknown, or a value has the wrong type.
+    #[error("{file}:{line}:{column}: {message}\n  | {text}")]
+    Syntax {
+        /// The config file.
+        file: PathBuf,
+        /// 1-based line.
+        line: usize,
+        /// 1-based column.
+        column: usize,
+        /// What is wrong (names the key where TOML knows it).
+        message: String,
+        /// The offending line, for context.
+        text: String,
+    },
+    /// The TOML is well formed but a value is not acceptable.
+    #[error("{file}:{line}: {key}: {message}")]
+    Invalid {
+        /// The config file.
+        file: PathBuf,
+        /// 1-based line.
+        line: usize,
+        /// Dotted key, e.g. `route[2].destinations[0]`.
+        key: String,
+        /// What is wrong.
+        message: String,
+    },
+}
+
+/// The whole configuration file.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Engine-wide settings.
+    #[serde(default)]
+    pub engine: EngineConfig,
+    /// MLLP listeners the engine accepts messages on.
+    #[serde(default, rename = "listener")]
+    pub listeners: Vec<Spanned<ListenerConfig>>,
+    /// Systems messages are delivered to.
+    #[serde(default, rename = "destination")]
+    pub destinations: Vec<Spanned<DestinationConfig>>,
+    /// Which messages go where.
+    #[serde(default, rename = "route")]
+    pub routes: Vec<Spanned<RouteConfig>>,
+    /// The file this was loaded from (set by [`Config::load`]).
+    #[serde(skip)]
+    pub source: PathBuf,
+}
+
+/// Engine-wide settings (`[engine]`).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EngineConfig {
+    /// How long a graceful shutdown waits for destinations to drain their queues before it
+    /// gives up on what is still queued (and logs it).
+    #[serde(default = "defaults::shutdown_grace", with = "humantime_serde")]
+    pub shutdown_grace: Duration,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        Self {
+            shutdown_grace: defaults::shutdown_grace(),
+        }
+    }
+}
+
+/// An MLLP listener (`[[listener]]`).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListenerConfig {
+    /// Unique name, used by routes and in logs.
+    pub name: String,
+    /// Address to bind, e.g. `127.0.0.1:2575` (`:0` picks a free port).
+    pub bind: Spanned<String>,
+    /// Connections served at once; further ones are closed on accept.
+    #[serde(default = "defaults::max_connections")]
+    pub max_connections: usize,
+    /// A connection that sends nothing for this long is closed.
+    #[serde(default = "defaults::idle_timeout", with = "humantime_serde")]
+    pub idle_timeout: Duration,
+    /// Largest MLLP frame accepted, in bytes; a larger one closes the connection.
+    #[serde(default = "defaults::max_frame_size")]
+    pub max_frame_size: usize,
+    /// `strict`: segments end with `\r` only. `lenient`: `\n` and `\r\n` are accepted too.
+    #[serde(default)]
+    pub line_endings: LineEndingsConfig,
+    /// Character set assumed when MSH-18 is empty: `UTF-8`, `ASCII` or `8859/1`.
+    #[serde(default = "defaults::charset")]
+    pub default_charset: Spanned<String>,
+    /// What to do with a message no route wants: `accept` (AA, logged as unrouted) or
+    /// `reject` (AR with an ERR naming MSH-9).
+    #[serde(default)]
+    pub unrouted: UnroutedPolicy,
+}
+
+/// Segment terminators a listener accepts.
+#[derive(Debug, Default, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum LineEndingsConfig {
+    /// `\r` only, as the standard says.
+    #[default]
+    Strict,
+    /// `\r`, `\n` and `\r\n`.
+    Lenient,
+}
+
+/// What happens to a message no route matches.
+#[derive(Debug, Default, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum UnroutedPolicy {
+    /// Acknowledge with AA and log it as unrouted.
+    #[default]
+    Accept,
+    /// Answer AR (unsupported message type).
+    Reject,
+}
+
+/// A destination (`[[destination]]`).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DestinationConfig {
+    /// Unique name, used by routes and in logs.
+    pub name: String,
+    /// Transport: only `mllp` for now.
+    #[serde(default)]
+    pub kind: DestinationKind,
+    /// `host:port` of the receiving system.
+    pub address: Spanned<String>,
+    /// How long to wait for the receiver's ACK before retrying.
+    #[serde(default = "defaults::ack_timeout", with = "humantime_serde")]
+    pub ack_timeout: Duration,
+    /// How long a connection attempt may take.
+    #[serde(default = "defaults::connect_timeout", with = "humantime_serde")]
+    pub connect_timeout: Duration,
+    /// Messages held in memory for this destination; when full, listeners feeding it slow
+    /// their senders down instead of dropping anything.
+    #[serde(default = "defaults::queue_capacity")]
+    pub queue_capacity: usize,
+    /// Largest ACK frame accepted from the receiver, in bytes.
+    #[serde(default = "defaults::max_frame_size")]
+    pub max_frame_size: usize,
+    /// Retry schedule for AE, timeouts and connection failures.
+    #[serde(default)]
+    pub retry: RetryConfig,
+}
+
+/// Destination transports.
+#[derive(Debug, Default, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum DestinationKind {
+    /// HL7 over MLLP, waiting for each ACK.
+    #[default]
+    Mllp,
+}
+
+/// Exponential backoff (`retry = { ... }`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetryConfig {
+    /// Wait after the first failure.
+    #[serde(default = "defaults::retry_initial", with = "humantime_serde")]
+    pub initial: Duration,
+    /// Longest wait between attempts.
+    #[serde(default = "defaults::retry_max", with = "humantime_serde")]
+    pub max: Duration,
+    /// Give up (and log the message as failed) after this many attempts; absent = never.
+    #[serde(default)]
+    pub max_attempts: Option<u32>,
+}
+
+impl Default for RetryConfig {
+    fn default() -> Self {
+        Self {
+            initial: defaults::retry_initial(),
+            max: defaults::retry_max(),
+            max_attempts: None,
+        }
+    }
+}
+
+/// A route (`[[route]]`): which messages, through which steps, to which destinations.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteConfig {
+    /// Unique name, used in logs.
+    pub name: String,
+    /// Listeners this route takes messages from; absent = all.
+    #[serde(default)]
+    pub listeners: Option<Vec<Spanned<String>>>,
+    /// MSH-9 patterns such as `ADT^A04` or `ADT^A0*`; a pattern without `^` matches the
+    /// message code with any trigger. Absent = every type.
+    #[serde(default)]
+    pub message_types: Option<Vec<Spanned<String>>>,
+    /// Pattern for MSH-3.1 (sending application).
+    #[serde(default)]
+    pub sending_application: Option<Spanned<String>>,
+    /// Pattern for MSH-4.1 (sending facility).
+    #[serde(default)]
+    pub sending_facility: Option<Spanned<String>>,
+    /// Pattern for MSH-5.1 (receiving application).
+    #[serde(default)]
+    pub receiving_application: Option<Spanned<String>>,
+    /// Pattern for MSH-6.1 (receiving facility).
+    #[serde(default)]
+    pub receiving_facility: Option<Spanned<String>>,
+    /// Conditions on field values, all of which must hold, e.g. `PID-3.4 == "RIVERSIDE"`.
+    #[serde(default)]
+    pub when: Vec<Spanned<String>>,
+    /// Destinations that get a copy of every matching message.
+    pub destinations: Vec<Spanned<String>>,
+}
+
+mod defaults {
+    use std::time::Duration;
+
+    pub fn shutdown_grace() -> Duration {
+        Duration::from_secs(10)
+    }
+    pub fn max_connections() -> usize {
+        256
+    }
+    pub fn idle_timeout() -> Duration {
+        Duration::from_secs(600)
+    }
+    pub fn max_frame_size() -> usize {
+        16 * 1024 * 1024
+    }
+    pub fn charset() -> toml::Spanned<String> {
+        toml::Spanned::new(0..0, "UTF-8".to_owned())
+    }
+    pub fn ack_timeout() -> Duration {
+        Duration::from_secs(30)
+    }
+    pub fn connect_timeout() -> Duration {
+        Duration::from_secs(5)
+    }
+    pub fn queue_capacity() -> usize {
+        1000
+    }
+    pub fn retry_initial() -> Duration {
+        Duration::from_secs(1)
+    }
+    pub fn retry_max() -> Duration {
+        Duration::from_secs(60)
+    }
+}
+
+/// A route's matching rules, compiled at load.
+#[derive(Debug, Clone)]
+pub struct CompiledMatch {
+    /// Listener names, `None` = all.
+    pub listeners: Option<Vec<String>>,
+    /// MSH-9 patterns, `None` = all.
+    pub message_types: Option<Vec<Pattern>>,
+    /// MSH-3.1 .. MSH-6.1 patterns, in that order.
+    pub msh: [Option<Pattern>; 4],
+    /// Field conditions, all must hold.
+    pub when: Vec<Condition>,
+}
+
+impl Config {
+    /// Reads, parses and validates a config file.
+    pub fn load(path: &FsPath) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Io {
+            file: path.to_owned(),
+            source,
+        })?;
+        Self::parse(&text, path)
+    }
+
+    /// Parses and validates config text; `file` is only used in error messages.
+    pub fn parse(text: &str, file: &FsPath) -> Result<Config, ConfigError> {
+        let mut config: Config = toml::from_str(text).map_err(|e| {
+            let span = e.span().unwrap_or(0..0);
+            let (line, column) = line_col(text, span.start);
+            ConfigError::Syntax {
+                file: file.to_owned(),
+                line,
+                column,
+                message: e.message().trim().to_owned(),
+                text: text.lines().nth(line - 1).unwrap_or("").trim().to_owned(),
+            }
+        })?;
+        config.source = file.to_owned();
+        Validator { text, file }.validate(&config)?;
+        Ok(config)
+    }
+
+    /// The compiled matching rules of route `index` (validated at load, so this cannot fail
+    /// for a loaded config).
+    pub fn compiled_match(&self, index: usize) -> Result<CompiledMatch, ConfigError> {
+        let v = Validator {
+            text: "",
+            file: &self.source,
+        };
+        v.compile_route(index, &self.routes[index])
+    }
+}
+
+struct Validator<'a> {
+    text: &'a str,
+    file: &'a FsPath,
+}
+
+impl Validator<'_> {
+    fn err(&self, span: Range<usize>, key: String, message: impl Into<String>) -> ConfigError {
+        ConfigError::Invalid {
+            file: self.file.to_owned(),
+            line: line_col(self.text, span.start).0,
+            key,
+            message: message.into(),
+        }
+    }
+
+    fn validate(&self, c: &Config) -> Result<(), ConfigError> {
+        let mut listener_names = HashSet::new();
+        for (i, l) in c.listeners.iter().enumerate() {
+            let key = |k: &str| format!("listener[{i}].{k}");
+            if l.get_ref().name.trim().is_empty() {
+                return Err(self.err(l.span(), key("name"), "must not be empty"));
+            }
+            if !listener_names.insert(l.get_ref().name.as_str()) {
+                return Err(self.err(
+                    l.span(),
+                    key("name"),
+                    format!("duplicate listener name `{}`", l.get_ref().name),
+                ));
+            }
+            let bind = &l.get_ref().bind;
+            if bind.get_ref().parse::<SocketAddr>().is_err() {
+                return Err(self.err(
+                    bind.span(),
+                    key("bind"),
+                    format!(
+                        "`{}` is not an IP address and port, e.g. 127.0.0.1:2575",
+                        bind.get_ref()
+                    ),
+                ));
+            }
+            if l.get_ref().max_connections == 0 {
+                return Err(self.err(l.span(), key("max_connections"), "must be at least 1"));
+            }
+            if l.get_ref().max_frame_size < 64 {
+                return Err(self.err(l.span(), key("max_frame_size"), "must be at least 64 bytes"));
+            }
+            let cs = &l.get_ref().default_charset;
+            if parse_charset(cs.get_ref()).is_none() {
+                return Err(self.err(
+                    cs.span(),
+                    key("default_charset"),
+                    format!(
+                        "unknown character set `{}`; use UTF-8, ASCII or 8859/1",
+                        cs.get_ref()
+                    ),
+                ));
+            }
+        }
+
+        let mut dest_names = HashSet::new();
+        for (i, d) in c.destinations.iter().enumerate() {
+            let key = |k: &str| format!("destination[{i}].{k}");
+            let dc = d.get_ref();
+            if dc.name.trim().is_empty() {
+                return Err(self.err(d.span(), key("name"), "must not be empty"));
+            }
+            if !dest_names.insert(dc.name.as_str()) {
+                return Err(self.err(
+                    d.span(),
+                    key("name"),
+                    format!("duplicate destination name `{}`", dc.name),
+                ));
+            }
+            if !valid_host_port(dc.address.get_ref()) {
+                return Err(self.err(
+                    dc.address.span(),
+                    key("address"),
+                    format!(
+                        "`{}` is not host:port, e.g. 127.0.0.1:2576",
+                        dc.address.get_ref()
+                    ),
+                ));
+            }
+            if dc.queue_capacity == 0 {
+                return Err(self.err(d.span(), key("queue_capacity"), "must be at least 1"));
+            }
+            if dc.retry.initial.is_zero() || dc.retry.max < dc.retry.initial {
+                return Err(self.err(
+                    d.span(),
+                    key("retry"),
+                    "retry.initial must be > 0 and retry.max >= retry.initial",
+                ));
+            }
+            if dc.retry.max_attempts == Some(0) {
+                return Err(self.err(
+                    d.span(),
+                    key("retry.max_attempts"),
+                    "must be at least 1 (leave it out to retry forever)",
+                ));
+            }
+            if dc.ack_timeout.is_zero() {
+                return Err(self.err(d.span(), key("ack_timeout"), "must be greater than 0"));
+            }
+        }
+
+        let mut route_names = HashSet::new();
+        for (i, r) in c.routes.iter().enumerate() {
+            let rc = r.get_ref();
+            let key = |k: &str| format!("route[{i}].{k}");
+            if rc.name.trim().is_empty() {
+                return Err(self.err(r.span(), key("name"), "must not be empty"));
+            }
+            if !route_names.insert(rc.name.as_str()) {
+                return Err(self.err(
+                    r.span(),
+                    key("name"),
+                    format!("duplicate route name `{}`", rc.name),
+                ));
+            }
+            if rc.destinations.is_empty() {
+                return Err(self.err(
+                    r.span(),
+                    key("destinations"),
+                    "a route needs at least one destination",
+                ));
+            }
+            for (j, d) in rc.destinations.iter().enumerate() {
+                if !dest_names.contains(d.get_ref().as_str()) {
+                    return Err(self.err(
+                        d.span(),
+                        key(&format!("destinations[{j}]")),
+                        format!("no destination named `{}`", d.get_ref()),
+                    ));
+                }
+            }
+            for (j, l) in rc.listeners.iter().flatten().enumerate() {
+                if !listener_names.contains(l.get_ref().as_str()) {
+                    return Err(self.err(
+                        l.span(),
+                        key(&format!("listeners[{j}]")),
+                        format!("no listener named `{}`", l.get_ref()),
+                    ));
+                }
+            }
+            self.compile_route(i, r)?;
+        }
+        Ok(())
+    }
+
+    fn compile_route(
+        &self,
+        i: usize,
+        r: &Spanned<RouteConfig>,
+    ) -> Result<CompiledMatch, ConfigError> {
+        let rc = r.get_ref();
+        let key = |k: &str| format!("route[{i}].{k}");
+        let pattern = |p: &Spanned<String>, k: String| {
+            Pattern::new(p.get_ref()).map_err(|m| self.err(p.span(), k, m))
+        };
+        let message_types = match &rc.message_types {
+            None => None,
+            Some(v) => Some(
+                v.iter()
+                    .enumerate()
+                    .map(|(j, p)| pattern(p, key(&format!("message_types[{j}]"))))
+                    .collect::<Result<Vec<_>, _>>()?,
+            ),
+        };
+        let msh_keys = [
+            ("sending_application", &rc.sending_application),
+            ("sending_facility", &rc.sending_facility),
+            ("receiving_application", &rc.receiving_application),
+            ("receiving_facility", &rc.receiving_facility),
+        ];
+        let mut msh: [Option<Pattern>; 4] = Default::default();
+        for (slot, (k, p)) in msh.iter_mut().zip(msh_keys) {
+            if let Some(p) = p {
+                *slot = Some(pattern(p, key(k))?);
+            }
+        }
+        let when = rc
+            .when
+            .iter()
+            .enumerate()
+            .map(|(j, w)| {
+                Condition::parse(w.get_ref())
+                    .map_err(|m| self.err(w.span(), key(&format!("when[{j}]")), m))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(CompiledMatch {
+            listeners: rc
+                .listeners
+                .as_ref()
+                .map(|v| v.iter().map(|s| s.get_ref().clone()).collect()),
+            message_types,
+            msh,
+            when,
+        })
+    }
+}
+
+/// Maps a config charset name to the model's charset.
+pub fn parse_charset(name: &str) -> Option<courier_hl7::Charset> {
+    match name.trim().to_ascii_uppercase().as_str() {
+        "UTF-8" | "UTF8" | "UNICODE UTF-8" => Some(courier_hl7::Charset::Utf8),
+        "ASCII" => Some(courier_hl7::Charset::Ascii),
+        "8859/1" | "ISO-8859-1" | "LATIN1" | "LATIN-1" => Some(courier_hl7::Charset::Latin1),
+        _ => None,
+    }
+}
+
+fn valid_host_port(s: &str) -> bool {
+    match s.rsplit_once(':') {
+        Some((host, port)) => !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p != 0),
+        None => false,
+    }
+}
+
+/// 1-based line and column of a byte offset.
+fn line_col(text: &str, offset: usize) -> (usize, usize) {
+    let offset = offset.min(text.len());
+    let before = &text.as_bytes()[..offset];
+    let line = before.iter().filter(|&&b| b == b'\n').count() + 1;
+    let col = offset
+        - before
+            .iter()
+            .rposition(|&b| b == b'\n')
+            .map_or(0, |p| p + 1)
+        + 1;
+    (line, col)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::parse(text, FsPath::new("test.toml"))
+    }
+
+    const BASE: &str = r#"
+[[listener]]
+name = "in"
+bind = "127.0.0.1:0"
+
+[[destination]]
+name = "emr"
+address = "127.0.0.1:2576"
+
+[[route]]
+name = "adt"
+message_types = ["ADT^A0*"]
+destinations = ["emr"]
+"#;
+
+    #[test]
+    fn minimal_config_loads_with_defaults() {
+        let c = parse(BASE).unwrap();
+        let l = c.listeners[0].get_ref();
+        assert_eq!(l.max_connections, 256);
+        assert_eq!(l.max_frame_size, 16 * 1024 * 1024);
+        assert_eq!(l.line_endings, LineEndingsConfig::Strict);
+        let d = c.destinations[0].get_ref();
+        assert_eq!(d.queue_capacity, 1000);
+        assert_eq!(d.retry.max_attempts, None);
+        assert!(c.compiled_match(0).is_ok());
+    }
+
+    #[test]
+    fn unknown_key_names_file_line_and_key() {
+        let text = BASE.replace("bind = ", "bnd = \"x\"\nbind = ");
+        let e = parse(&text).unwrap_err().to_string();
+        assert!(e.starts_with("test.toml:4:1: unknown field `bnd`"), "{e}");
+        assert!(e.contains("| bnd = \"x\""), "{e}");
+    }
+
+    #[test]
+    fn unknown_destination_is_named_with_line() {
+        let text = BASE.replace(
+            r#"destinations = ["emr"]"#,
+            "destinations = [\"emr\", \"lis\"]",
+        );
+        let e = parse(&text).unwrap_err().to_string();
+        assert_eq!(
+            e,
+            "test.toml:13: route[0].destinations[1]: no destination named `lis`"
+        );
+    }
+
+    #[test]
+    fn bad_condition_and_bind_are_refused() {
+        let text = BASE.replace(
+            r#"destinations = ["emr"]"#,
+            "destinations = [\"emr\"]\nwhen = ['PID-3.4 === \"X\"']",
+        );
+        let e = parse(&text).unwrap_err().to_string();
+        assert!(e.starts_with("test.toml:14: route[0].when[0]:"), "{e}");
+        let e = parse(&BASE.replace("127.0.0.1:0", "localhost")).unwrap_err();
+        assert!(e.to_string().contains("listener[0].bind"), "{e}");
+    }
+
+    #[test]
+    fn wrong_type_is_reported_at_its_line() {
+        let text = BASE.replace(
+            "bind = \"127.0.0.1:0\"",
+            "bind = \"127.0.0.1:0\"\nmax_connections = \"many\"",
+        );
+        let e = parse(&text).unwrap_err().to_string();
+        assert!(e.starts_with("test.toml:5:"), "{e}");
+        assert!(e.contains("max_connections"), "{e}");
+    }
+
+    #[test]
+    fn duplicate_names_are_refused() {
+        let text = format!("{BASE}\n[[destination]]\nname = \"emr\"\naddress = \"h:1\"\n");
+        let e = parse(&text).unwrap_err().to_string();
+        assert!(e.contains("duplicate destination name `emr`"), "{e}");
+    }
+}

@@ -1,0 +1,15 @@
+//! Courier, an HL7 v2 interface engine.
+//!
+//! The library behind the `courier` binary: configuration ([`config`]), routing ([`route`]),
+//! delivery ([`destination`]) and the runtime that wires them to MLLP listeners
+//! ([`runtime`]). The HL7 model is the `courier-hl7` crate and MLLP framing the
+//! `courier-mllp` crate, so that neither can reach into the other or into the engine.
+
+pub mod config;
+pub mod destination;
+pub mod logging;
+pub mod route;
+pub mod runtime;
+
+pub use courier_hl7 as hl7;
+pub use courier_mllp as mllp;

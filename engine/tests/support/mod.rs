@@ -1,0 +1,269 @@
+//! Shared helpers for the end-to-end tests: run the real `courier` binary, stand-in
+//! receivers, and a deliberately independent blocking MLLP client (a second opinion on our
+//! own codec).
+
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// The repository root.
+pub fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+/// An example message's bytes.
+pub fn example(name: &str) -> Vec<u8> {
+    std::fs::read(repo().join("examples/messages").join(name)).unwrap()
+}
+
+/// A `courier` child process whose output lines are collected (and echoed for debugging).
+pub struct Proc {
+    child: Child,
+    pub stdout: Arc<Mutex<Vec<String>>>,
+    pub stderr: Arc<Mutex<Vec<String>>>,
+    name: String,
+}
+
+impl Proc {
+    pub fn spawn(name: &str, args: &[&str]) -> Proc {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_courier"))
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn courier");
+        let stdout = collect(child.stdout.take().unwrap(), format!("{name}:out"));
+        let stderr = collect(child.stderr.take().unwrap(), format!("{name}:err"));
+        Proc {
+            child,
+            stdout,
+            stderr,
+            name: name.to_owned(),
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Waits for a line on stdout or stderr for which `f` returns Some.
+    pub fn wait_line<T>(&self, timeout: Duration, f: impl Fn(&str) -> Option<T>) -> T {
+        let deadline = Instant::now() + timeout;
+        loop {
+            for lines in [&self.stdout, &self.stderr] {
+                if let Some(v) = lines.lock().unwrap().iter().find_map(|l| f(l)) {
+                    return v;
+                }
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{}: no matching output line within {timeout:?}",
+                self.name
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// All stderr lines so far, joined.
+    pub fn stderr_text(&self) -> String {
+        self.stderr.lock().unwrap().join("\n")
+    }
+
+    /// Sends a signal by name (TERM, KILL, INT).
+    pub fn signal(&self, sig: &str) {
+        let status = Command::new("kill")
+            .arg(format!("-{sig}"))
+            .arg(self.child.id().to_string())
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+
+    /// Waits for the process to exit.
+    pub fn wait_exit(&mut self, timeout: Duration) -> ExitStatus {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(s) = self.child.try_wait().unwrap() {
+                return s;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{}: did not exit in {timeout:?}",
+                self.name
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn collect(stream: impl Read + Send + 'static, tag: String) -> Arc<Mutex<Vec<String>>> {
+    let lines = Arc::new(Mutex::new(Vec::new()));
+    let sink = lines.clone();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stream).lines() {
+            let Ok(line) = line else { break };
+            eprintln!("[{tag}] {line}");
+            sink.lock().unwrap().push(line);
+        }
+    });
+    lines
+}
+
+/// A `courier listen` stand-in writing each message to `out`.
+pub fn standin(name: &str, out: &Path, port: u16, extra: &[&str]) -> (Proc, SocketAddr) {
+    let port = port.to_string();
+    let mut args = vec!["listen", "--port", &port, "--out", out.to_str().unwrap()];
+    args.extend_from_slice(extra);
+    let p = Proc::spawn(name, &args);
+    let addr = p.wait_line(Duration::from_secs(20), |l| {
+        l.strip_prefix("listening on ").map(|a| a.parse().unwrap())
+    });
+    (p, addr)
+}
+
+/// Starts `courier run` on a config text (JSON logs) and returns the address of `listener`.
+pub fn start_engine(dir: &Path, config: &str, listener: &str) -> (Proc, SocketAddr) {
+    let path = dir.join("courier.toml");
+    std::fs::write(&path, config).unwrap();
+    let p = Proc::spawn(
+        "engine",
+        &["--log-format", "json", "run", path.to_str().unwrap()],
+    );
+    let want = listener.to_owned();
+    let addr = p.wait_line(Duration::from_secs(20), move |l| {
+        let v: serde_json::Value = serde_json::from_str(l).ok()?;
+        (v["message"] == "listening" && v["listener"] == want.as_str())
+            .then(|| v["addr"].as_str().unwrap().parse().unwrap())
+    });
+    (p, addr)
+}
+
+/// A free loopback port (bound and released; good enough for a test that then binds it).
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Waits until `dir` holds `n` `.hl7` files and returns their contents in name order.
+pub fn wait_files(dir: &Path, n: usize, timeout: Duration) -> Vec<Vec<u8>> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let mut names: Vec<PathBuf> = std::fs::read_dir(dir)
+            .map(|rd| {
+                rd.filter_map(|e| e.ok().map(|e| e.path()))
+                    .filter(|p| p.extension().is_some_and(|x| x == "hl7"))
+                    .collect()
+            })
+            .unwrap_or_default();
+        if names.len() >= n {
+            names.sort();
+            return names.iter().map(|p| std::fs::read(p).unwrap()).collect();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{}: {} of {n} files after {timeout:?}",
+            dir.display(),
+            names.len()
+        );
+        std::thread::sleep(Duration::from_millis(25));
+    }
+}
+
+/// A blocking MLLP connection written independently of the engine's codec.
+pub struct Mllp {
+    stream: TcpStream,
+    buf: Vec<u8>,
+}
+
+impl Mllp {
+    pub fn connect(addr: SocketAddr) -> Mllp {
+        let stream = TcpStream::connect(addr).unwrap();
+        Mllp {
+            stream,
+            buf: Vec::new(),
+        }
+    }
+
+    pub fn send(&mut self, payload: &[u8]) {
+        let mut frame = vec![0x0b];
+        frame.extend_from_slice(payload);
+        frame.extend_from_slice(&[0x1c, 0x0d]);
+        self.stream.write_all(&frame).unwrap();
+    }
+
+    pub fn write_raw(&mut self, bytes: &[u8]) {
+        self.stream.write_all(bytes).unwrap();
+    }
+
+    /// Reads one reply frame; None on timeout or close.
+    pub fn recv(&mut self, timeout: Duration) -> Option<Vec<u8>> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(start) = self.buf.iter().position(|&b| b == 0x0b)
+                && let Some(end) = self.buf[start..].windows(2).position(|w| w == [0x1c, 0x0d])
+            {
+                let frame = self.buf[start + 1..start + end].to_vec();
+                self.buf.drain(..start + end + 2);
+                return Some(frame);
+            }
+            let left = deadline.checked_duration_since(Instant::now())?;
+            self.stream
+                .set_read_timeout(Some(left.max(Duration::from_millis(1))))
+                .unwrap();
+            let mut chunk = [0u8; 4096];
+            match self.stream.read(&mut chunk) {
+                Ok(0) => return None,
+                Ok(n) => self.buf.extend_from_slice(&chunk[..n]),
+                Err(e)
+                    if e.kind() == std::io::ErrorKind::WouldBlock
+                        || e.kind() == std::io::ErrorKind::TimedOut =>
+                {
+                    return None;
+                }
+                Err(_) => return None,
+            }
+        }
+    }
+
+    pub fn request(&mut self, payload: &[u8]) -> Vec<u8> {
+        self.send(payload);
+        self.recv(Duration::from_secs(20)).expect("an ACK")
+    }
+}
+
+/// Field `n` (1-based, HL7 numbering) of the first segment `seg` of an ER7 reply, split
+/// naively (test messages use the default delimiters).
+pub fn field(msg: &[u8], seg: &str, n: usize) -> String {
+    let text = String::from_utf8_lossy(msg);
+    let line = text
+        .split('\r')
+        .find(|l| l.starts_with(seg))
+        .unwrap_or_else(|| panic!("no {seg} in {text:?}"));
+    let idx = if seg == "MSH" { n - 1 } else { n };
+    line.split('|').nth(idx).unwrap_or("").to_owned()
+}
+
+/// A message with the given control id (an ADT^A04 unless changed by the caller).
+pub fn adt(control_id: &str) -> Vec<u8> {
+    format!(
+        "MSH|^~\\&|REGADT|RIVERSIDE_FD|COURIER|RIVERSIDE|20261124083012||ADT^A04^ADT_A01|{control_id}|P|2.5.1\r\
+         PID|1||100234^^^RIVERSIDE^MR||Johnson^Sarah\r"
+    )
+    .into_bytes()
+}
