@@ -1,5 +1,6 @@
 //! `courier parse`: a message's structure, the values at paths, or its JSON form.
 
+use std::io::Write;
 use std::path::Path;
 use std::process::ExitCode;
 
@@ -14,6 +15,7 @@ pub fn parse(file: &Path, paths: &[String], json: bool) -> anyhow::Result<ExitCo
         .map(|p| HlPath::parse(p).with_context(|| format!("bad path `{p}`")))
         .collect::<anyhow::Result<Vec<_>>>()?;
     let many = messages.len() > 1;
+    let mut out = std::io::stdout().lock();
     let mut json_out = Vec::new();
     let mut failed = false;
     for (i, bytes) in messages.into_iter().enumerate() {
@@ -30,15 +32,15 @@ pub fn parse(file: &Path, paths: &[String], json: bool) -> anyhow::Result<ExitCo
             continue;
         }
         if many {
-            println!("# message {}", i + 1);
+            writeln!(out, "# message {}", i + 1)?;
         }
         if paths.is_empty() {
-            print_structure(&msg);
+            print_structure(&mut out, &msg)?;
         } else {
             for p in &paths {
                 match msg.get(p) {
-                    Some(v) => println!("{p}\t{v}"),
-                    None => println!("{p}\t(absent)"),
+                    Some(v) => writeln!(out, "{p}\t{v}")?,
+                    None => writeln!(out, "{p}\t(absent)")?,
                 }
             }
         }
@@ -49,7 +51,8 @@ pub fn parse(file: &Path, paths: &[String], json: bool) -> anyhow::Result<ExitCo
         } else {
             serde_json::Value::Array(json_out)
         };
-        println!("{}", serde_json::to_string_pretty(&value)?);
+        serde_json::to_writer_pretty(&mut out, &value)?;
+        writeln!(out)?;
     }
     Ok(if failed {
         ExitCode::from(1)
@@ -59,7 +62,7 @@ pub fn parse(file: &Path, paths: &[String], json: bool) -> anyhow::Result<ExitCo
 }
 
 /// One line per valued field: its path and its ER7 text.
-fn print_structure(msg: &Message) {
+fn print_structure(out: &mut impl Write, msg: &Message) -> std::io::Result<()> {
     for seg in msg.segments() {
         let occurrence = seg.occurrence();
         let id = seg.id();
@@ -68,14 +71,15 @@ fn print_structure(msg: &Message) {
         } else {
             id.to_owned()
         };
-        println!("{name}");
+        writeln!(out, "{name}")?;
         for n in 1..=seg.field_count() {
             let Some(field) = seg.field(n) else { continue };
             let raw = field.raw();
             if raw.is_empty() {
                 continue;
             }
-            println!("  {name}-{n:<3} {}", String::from_utf8_lossy(raw));
+            writeln!(out, "  {name}-{n:<3} {}", String::from_utf8_lossy(raw))?;
         }
     }
+    Ok(())
 }
