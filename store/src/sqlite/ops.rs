@@ -1,0 +1,793 @@
+//! The SQL of every store operation, as plain functions on a connection.
+//!
+//! Write operations run on the writer thread inside the batch transaction (see `writer.rs`), so
+//! each one's reads and writes are atomic with respect to every other write — the pruner's
+//! "nothing queued" check and its delete, for instance, cannot be split by a new delivery. Read
+//! operations run on a pooled read connection.
+
+use std::collections::BTreeMap;
+use std::time::SystemTime;
+
+use bytes::Bytes;
+use rusqlite::types::Value;
+use rusqlite::{Connection, OptionalExtension, Row, params, params_from_iter};
+
+use super::convert::{
+    OpResult, count_u32, delivery_status, message_status, micros, now_micros, step_outcome, time,
+};
+use crate::error::StoreError;
+use crate::types::{
+    Claim, ClaimedDelivery, DeliveryCounts, DeliveryDetail, DeliveryId, DeliveryOrder,
+    DeliveryStatus, Duplicate, MessageDetail, MessageId, MessageStatus, MessageSummary, NewMessage,
+    Processing, QueueDepth, RecoveredDelivery, Search, StepDetail, StepOutcome, StoredMessage,
+    TypeFilter,
+};
+
+/// The unfinished-delivery condition, verbatim as in the partial indexes' WHERE: SQLite uses a
+/// partial index only when the query's WHERE contains the index's term.
+macro_rules! pending {
+    ($alias:literal) => {
+        concat!($alias, "status IN ('queued', 'in_flight')")
+    };
+}
+
+/// The hot queries, named so a test can check their plans use the indexes.
+pub(crate) mod sql {
+    pub(crate) const FIND_DUPLICATE: &str = "SELECT m.id, m.status, b.ack
+         FROM messages m JOIN message_bodies b ON b.message_id = m.id
+         WHERE m.sending_application = ?1 AND m.sending_facility = ?2
+           AND m.control_id = ?3 AND m.received_at >= ?4
+         ORDER BY m.id DESC LIMIT 1";
+
+    pub(crate) const UNPROCESSED: &str = "SELECT m.id, m.received_at, m.listener, m.peer,
+                m.control_id, m.message_type, m.sending_application, m.sending_facility,
+                m.patient_id, b.raw
+         FROM messages m JOIN message_bodies b ON b.message_id = m.id
+         WHERE m.status = 'received'
+         ORDER BY m.id";
+
+    pub(crate) const IN_FLIGHT: &str =
+        "SELECT d.id, d.message_id, d.destination, m.control_id, d.attempts
+         FROM deliveries d JOIN messages m ON m.id = d.message_id
+         WHERE d.status = 'in_flight'
+         ORDER BY d.id";
+
+    pub(crate) const STRICT_HEAD: &str = concat!(
+        "SELECT id, status, next_attempt_at FROM deliveries
+         WHERE destination = ?1 AND ",
+        pending!(""),
+        " ORDER BY id LIMIT 1"
+    );
+
+    pub(crate) const SET_ASIDE_DUE: &str = concat!(
+        "SELECT id FROM deliveries
+         WHERE destination = ?1 AND ",
+        pending!(""),
+        " AND status = 'queued' AND (next_attempt_at IS NULL OR next_attempt_at <= ?2)
+         ORDER BY id LIMIT 1"
+    );
+
+    pub(crate) const SET_ASIDE_NEXT: &str = concat!(
+        "SELECT min(next_attempt_at) FROM deliveries
+         WHERE destination = ?1 AND ",
+        pending!(""),
+        " AND status = 'queued'"
+    );
+
+    /// Heads of their keys: queued, and no older unfinished delivery with the same key (an
+    /// empty key never waits for another).
+    macro_rules! key_heads {
+        () => {
+            concat!(
+                " FROM deliveries d
+                 WHERE d.destination = ?1 AND ",
+                pending!("d."),
+                " AND d.status = 'queued'
+                   AND (d.order_key = '' OR NOT EXISTS (
+                        SELECT 1 FROM deliveries e
+                        WHERE e.destination = d.destination AND e.order_key = d.order_key
+                          AND ",
+                pending!("e."),
+                " AND e.id < d.id))"
+            )
+        };
+    }
+
+    pub(crate) const BY_KEY_DUE: &str = concat!(
+        "SELECT d.id",
+        key_heads!(),
+        " AND (d.next_attempt_at IS NULL OR d.next_attempt_at <= ?2) ORDER BY d.id LIMIT 1"
+    );
+
+    pub(crate) const BY_KEY_NEXT: &str = concat!("SELECT min(d.next_attempt_at)", key_heads!());
+
+    pub(crate) const ANY_QUEUED: &str = concat!(
+        "SELECT EXISTS (SELECT 1 FROM deliveries WHERE destination = ?1 AND ",
+        pending!(""),
+        " AND status = 'queued')"
+    );
+
+    pub(crate) const QUEUE_DEPTHS: &str = "SELECT status, destination, count(*) FROM deliveries
+         WHERE status IN ('queued', 'in_flight', 'error')
+         GROUP BY status, destination";
+
+    pub(crate) const PRUNE: &str = "DELETE FROM messages WHERE id IN (
+             SELECT m.id FROM messages m
+             WHERE m.received_at < ?1
+               AND m.status IN ('processed', 'filtered', 'unrouted')
+               AND NOT EXISTS (SELECT 1 FROM deliveries d
+                               WHERE d.message_id = m.id AND d.status <> 'delivered')
+             LIMIT ?2)";
+
+    /// Every named query, for the plan test.
+    #[cfg(test)]
+    pub(crate) const ALL: &[(&str, &str)] = &[
+        ("FIND_DUPLICATE", FIND_DUPLICATE),
+        ("UNPROCESSED", UNPROCESSED),
+        ("IN_FLIGHT", IN_FLIGHT),
+        ("STRICT_HEAD", STRICT_HEAD),
+        ("SET_ASIDE_DUE", SET_ASIDE_DUE),
+        ("SET_ASIDE_NEXT", SET_ASIDE_NEXT),
+        ("BY_KEY_DUE", BY_KEY_DUE),
+        ("BY_KEY_NEXT", BY_KEY_NEXT),
+        ("ANY_QUEUED", ANY_QUEUED),
+        ("QUEUE_DEPTHS", QUEUE_DEPTHS),
+        ("PRUNE", PRUNE),
+    ];
+}
+
+// ---------------------------------------------------------------------------------------------
+// Journal and processing
+
+pub(crate) fn journal(conn: &Connection, m: &NewMessage) -> OpResult<MessageId> {
+    conn.prepare_cached(
+        "INSERT INTO messages (received_at, listener, peer, control_id, message_type,
+             sending_application, sending_facility, patient_id)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+    )?
+    .execute(params![
+        micros(m.received_at),
+        m.listener,
+        m.peer,
+        m.control_id,
+        m.message_type,
+        m.sending_application,
+        m.sending_facility,
+        m.patient_id,
+    ])?;
+    let id = conn.last_insert_rowid();
+    conn.prepare_cached("INSERT INTO message_bodies (message_id, raw) VALUES (?1, ?2)")?
+        .execute(params![id, &m.raw[..]])?;
+    Ok(MessageId(id))
+}
+
+pub(crate) fn complete_processing(
+    conn: &Connection,
+    id: MessageId,
+    p: &Processing,
+) -> OpResult<Vec<DeliveryId>> {
+    let status = message_status_of(conn, id)?;
+    if status != MessageStatus::Received {
+        return Err(StoreError::AlreadyProcessed { id, status }.into());
+    }
+    let now = now_micros();
+    conn.prepare_cached(
+        "UPDATE messages SET status = ?2, reason = ?3, processed_at = ?4 WHERE id = ?1",
+    )?
+    .execute(params![
+        id.0,
+        MessageStatus::from(p.status).as_str(),
+        p.reason,
+        now
+    ])?;
+    let mut insert_step = conn.prepare_cached(
+        "INSERT INTO steps (message_id, seq, route, step, kind, content_hash, outcome, output,
+             reason)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+    )?;
+    for (i, s) in p.steps.iter().enumerate() {
+        let output = match &s.outcome {
+            StepOutcome::Changed(out) => Some(&out[..]),
+            _ => None,
+        };
+        insert_step.execute(params![
+            id.0,
+            i as i64 + 1,
+            s.route,
+            s.step,
+            s.kind,
+            s.content_hash,
+            s.outcome.as_str(),
+            output,
+            s.reason,
+        ])?;
+    }
+    let mut ids = Vec::with_capacity(p.deliveries.len());
+    for d in &p.deliveries {
+        let delivery =
+            insert_delivery(conn, id, &d.route, &d.destination, &d.order_key, now, None)?;
+        conn.prepare_cached(
+            "INSERT INTO delivery_payloads (delivery_id, payload) VALUES (?1, ?2)",
+        )?
+        .execute(params![delivery.0, &d.payload[..]])?;
+        ids.push(delivery);
+    }
+    Ok(ids)
+}
+
+fn insert_delivery(
+    conn: &Connection,
+    message: MessageId,
+    route: &str,
+    destination: &str,
+    order_key: &str,
+    now: i64,
+    resent_from: Option<DeliveryId>,
+) -> OpResult<DeliveryId> {
+    conn.prepare_cached(
+        "INSERT INTO deliveries (message_id, route, destination, order_key, created_at,
+             resent_from)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+    )?
+    .execute(params![
+        message.0,
+        route,
+        destination,
+        order_key,
+        now,
+        resent_from.map(|d| d.0)
+    ])?;
+    Ok(DeliveryId(conn.last_insert_rowid()))
+}
+
+fn message_status_of(conn: &Connection, id: MessageId) -> OpResult<MessageStatus> {
+    let word: Option<String> = conn
+        .prepare_cached("SELECT status FROM messages WHERE id = ?1")?
+        .query_row([id.0], |r| r.get(0))
+        .optional()?;
+    match word {
+        Some(w) => Ok(message_status(0, &w)?),
+        None => Err(StoreError::MessageNotFound(id).into()),
+    }
+}
+
+pub(crate) fn record_ack(conn: &Connection, id: MessageId, ack: &[u8]) -> OpResult<()> {
+    let changed = conn
+        .prepare_cached("UPDATE message_bodies SET ack = ?2 WHERE message_id = ?1")?
+        .execute(params![id.0, ack])?;
+    if changed == 0 {
+        return Err(StoreError::MessageNotFound(id).into());
+    }
+    Ok(())
+}
+
+pub(crate) fn find_duplicate(
+    conn: &Connection,
+    sending_application: &str,
+    sending_facility: &str,
+    control_id: &str,
+    since: SystemTime,
+) -> OpResult<Option<Duplicate>> {
+    let found = conn
+        .prepare_cached(sql::FIND_DUPLICATE)?
+        .query_row(
+            params![
+                sending_application,
+                sending_facility,
+                control_id,
+                micros(since)
+            ],
+            |r| {
+                Ok(Duplicate {
+                    id: MessageId(r.get(0)?),
+                    status: message_status(1, &r.get::<_, String>(1)?)?,
+                    ack: r.get::<_, Option<Vec<u8>>>(2)?.map(Bytes::from),
+                })
+            },
+        )
+        .optional()?;
+    Ok(found)
+}
+
+pub(crate) fn unprocessed(conn: &Connection) -> OpResult<Vec<StoredMessage>> {
+    let mut stmt = conn.prepare_cached(sql::UNPROCESSED)?;
+    let rows = stmt.query_map([], |r| {
+        Ok(StoredMessage {
+            id: MessageId(r.get(0)?),
+            message: NewMessage {
+                received_at: time(r.get(1)?),
+                listener: r.get(2)?,
+                peer: r.get(3)?,
+                control_id: r.get(4)?,
+                message_type: r.get(5)?,
+                sending_application: r.get(6)?,
+                sending_facility: r.get(7)?,
+                patient_id: r.get(8)?,
+                raw: Bytes::from(r.get::<_, Vec<u8>>(9)?),
+            },
+        })
+    })?;
+    Ok(rows.collect::<rusqlite::Result<_>>()?)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Queues
+
+pub(crate) fn recover_in_flight(conn: &Connection) -> OpResult<Vec<RecoveredDelivery>> {
+    let recovered = conn
+        .prepare_cached(sql::IN_FLIGHT)?
+        .query_map([], |r| {
+            Ok(RecoveredDelivery {
+                id: DeliveryId(r.get(0)?),
+                message_id: MessageId(r.get(1)?),
+                destination: r.get(2)?,
+                control_id: r.get(3)?,
+                attempts: count_u32(r.get(4)?),
+            })
+        })?
+        .collect::<rusqlite::Result<Vec<_>>>()?;
+    // The same transaction as the select, so exactly these rows change.
+    conn.prepare_cached(
+        "UPDATE deliveries SET status = 'queued', possible_duplicate = 1
+         WHERE status = 'in_flight'",
+    )?
+    .execute([])?;
+    Ok(recovered)
+}
+
+pub(crate) fn claim_next(
+    conn: &Connection,
+    destination: &str,
+    order: DeliveryOrder,
+    now: SystemTime,
+) -> OpResult<Claim> {
+    let now = micros(now);
+    let picked = match order {
+        DeliveryOrder::Strict => {
+            let head: Option<(i64, String, Option<i64>)> = conn
+                .prepare_cached(sql::STRICT_HEAD)?
+                .query_row([destination], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+                .optional()?;
+            match head {
+                None => return Ok(Claim::Empty),
+                Some((_, status, _)) if status == "in_flight" => return Ok(Claim::Blocked),
+                Some((_, _, Some(next))) if next > now => {
+                    return Ok(Claim::WaitUntil(time(next)));
+                }
+                Some((id, _, _)) => id,
+            }
+        }
+        DeliveryOrder::SetAside => {
+            let due: Option<i64> = conn
+                .prepare_cached(sql::SET_ASIDE_DUE)?
+                .query_row(params![destination, now], |r| r.get(0))
+                .optional()?;
+            match due {
+                Some(id) => id,
+                None => {
+                    let next: Option<i64> = conn
+                        .prepare_cached(sql::SET_ASIDE_NEXT)?
+                        .query_row([destination], |r| r.get(0))?;
+                    return Ok(next.map_or(Claim::Empty, |t| Claim::WaitUntil(time(t))));
+                }
+            }
+        }
+        DeliveryOrder::ByKey => {
+            let due: Option<i64> = conn
+                .prepare_cached(sql::BY_KEY_DUE)?
+                .query_row(params![destination, now], |r| r.get(0))
+                .optional()?;
+            match due {
+                Some(id) => id,
+                None => {
+                    let next: Option<i64> = conn
+                        .prepare_cached(sql::BY_KEY_NEXT)?
+                        .query_row([destination], |r| r.get(0))?;
+                    if let Some(t) = next {
+                        return Ok(Claim::WaitUntil(time(t)));
+                    }
+                    let queued: bool = conn
+                        .prepare_cached(sql::ANY_QUEUED)?
+                        .query_row([destination], |r| r.get(0))?;
+                    return Ok(if queued { Claim::Blocked } else { Claim::Empty });
+                }
+            }
+        }
+    };
+    conn.prepare_cached(
+        "UPDATE deliveries
+         SET status = 'in_flight', attempts = attempts + 1, last_attempt_at = ?2
+         WHERE id = ?1",
+    )?
+    .execute(params![picked, now])?;
+    let claimed = conn
+        .prepare_cached(
+            "SELECT d.id, d.message_id, d.route, d.destination, p.payload, m.control_id,
+                    m.message_type, d.order_key, d.attempts, d.possible_duplicate
+             FROM deliveries d
+             JOIN messages m ON m.id = d.message_id
+             JOIN delivery_payloads p ON p.delivery_id = d.id
+             WHERE d.id = ?1",
+        )?
+        .query_row([picked], |r| {
+            Ok(ClaimedDelivery {
+                id: DeliveryId(r.get(0)?),
+                message_id: MessageId(r.get(1)?),
+                route: r.get(2)?,
+                destination: r.get(3)?,
+                payload: Bytes::from(r.get::<_, Vec<u8>>(4)?),
+                control_id: r.get(5)?,
+                message_type: r.get(6)?,
+                order_key: r.get(7)?,
+                attempts: count_u32(r.get(8)?),
+                possible_duplicate: r.get(9)?,
+            })
+        })?;
+    Ok(Claim::Ready(claimed))
+}
+
+/// Moves a delivery from one of `from` to its next state, or says why it cannot.
+fn finish_delivery(
+    conn: &Connection,
+    operation: &'static str,
+    id: DeliveryId,
+    from: &[DeliveryStatus],
+    sql: &str,
+    args: &[&dyn rusqlite::ToSql],
+) -> OpResult<()> {
+    let status: Option<String> = conn
+        .prepare_cached("SELECT status FROM deliveries WHERE id = ?1")?
+        .query_row([id.0], |r| r.get(0))
+        .optional()?;
+    let status = match status {
+        Some(word) => delivery_status(0, &word)?,
+        None => return Err(StoreError::DeliveryNotFound(id).into()),
+    };
+    if !from.contains(&status) {
+        return Err(StoreError::WrongDeliveryState {
+            operation,
+            id,
+            status,
+        }
+        .into());
+    }
+    conn.prepare_cached(sql)?.execute(args)?;
+    Ok(())
+}
+
+pub(crate) fn delivered(conn: &Connection, id: DeliveryId, ack: &[u8]) -> OpResult<()> {
+    finish_delivery(
+        conn,
+        "delivered",
+        id,
+        &[DeliveryStatus::InFlight],
+        "UPDATE deliveries SET status = 'delivered', ack = ?2, finished_at = ?3 WHERE id = ?1",
+        &[&id.0, &ack, &now_micros()],
+    )
+}
+
+pub(crate) fn retry_later(
+    conn: &Connection,
+    id: DeliveryId,
+    error: &str,
+    next_attempt: SystemTime,
+) -> OpResult<()> {
+    finish_delivery(
+        conn,
+        "retry_later",
+        id,
+        &[DeliveryStatus::InFlight],
+        "UPDATE deliveries SET status = 'queued', last_error = ?2, next_attempt_at = ?3
+         WHERE id = ?1",
+        &[&id.0, &error, &micros(next_attempt)],
+    )
+}
+
+pub(crate) fn dead_letter(
+    conn: &Connection,
+    id: DeliveryId,
+    error: &str,
+    ack: Option<&[u8]>,
+) -> OpResult<()> {
+    finish_delivery(
+        conn,
+        "dead_letter",
+        id,
+        &[DeliveryStatus::InFlight, DeliveryStatus::Queued],
+        "UPDATE deliveries
+         SET status = 'error', last_error = ?2, ack = coalesce(?3, ack), finished_at = ?4
+         WHERE id = ?1",
+        &[&id.0, &error, &ack, &now_micros()],
+    )
+}
+
+pub(crate) fn queue_depths(conn: &Connection) -> OpResult<Vec<QueueDepth>> {
+    let mut stmt = conn.prepare_cached(sql::QUEUE_DEPTHS)?;
+    let mut depths: BTreeMap<String, QueueDepth> = BTreeMap::new();
+    let mut rows = stmt.query([])?;
+    while let Some(r) = rows.next()? {
+        let status = delivery_status(0, &r.get::<_, String>(0)?)?;
+        let destination: String = r.get(1)?;
+        let n = u64::try_from(r.get::<_, i64>(2)?).unwrap_or(0);
+        let depth = depths
+            .entry(destination.clone())
+            .or_insert_with(|| QueueDepth {
+                destination,
+                queued: 0,
+                in_flight: 0,
+                errored: 0,
+            });
+        match status {
+            DeliveryStatus::Queued => depth.queued = n,
+            DeliveryStatus::InFlight => depth.in_flight = n,
+            DeliveryStatus::Error => depth.errored = n,
+            DeliveryStatus::Delivered => {}
+        }
+    }
+    Ok(depths.into_values().collect())
+}
+
+// ---------------------------------------------------------------------------------------------
+// Search and detail
+
+/// Escapes GLOB's special characters so a prefix matches literally.
+fn glob_prefix(prefix: &str) -> String {
+    let mut pattern = String::with_capacity(prefix.len() + 1);
+    for c in prefix.chars() {
+        match c {
+            '*' | '?' | '[' => {
+                pattern.push('[');
+                pattern.push(c);
+                pattern.push(']');
+            }
+            _ => pattern.push(c),
+        }
+    }
+    pattern.push('*');
+    pattern
+}
+
+pub(crate) fn search(conn: &Connection, f: &Search) -> OpResult<Vec<MessageSummary>> {
+    let mut sql = String::from(
+        "SELECT m.id, m.received_at, m.processed_at, m.listener, m.peer, m.control_id,
+                m.message_type, m.sending_application, m.sending_facility, m.status, m.reason
+         FROM messages m WHERE 1 = 1",
+    );
+    let mut args: Vec<Value> = Vec::new();
+    let mut arg = |sql: &mut String, clause: &str, v: Value| {
+        args.push(v);
+        sql.push_str(&clause.replace('?', &format!("?{}", args.len())));
+    };
+    if let Some(s) = f.status {
+        arg(&mut sql, " AND m.status = ?", s.as_str().to_owned().into());
+    }
+    match &f.message_type {
+        Some(TypeFilter::Exact(t)) => arg(&mut sql, " AND m.message_type = ?", t.clone().into()),
+        // GLOB is case-sensitive like the index, so SQLite turns it into an index range.
+        Some(TypeFilter::Prefix(p)) => arg(
+            &mut sql,
+            " AND m.message_type GLOB ?",
+            glob_prefix(p).into(),
+        ),
+        None => {}
+    }
+    if let Some(c) = &f.control_id {
+        arg(&mut sql, " AND m.control_id = ?", c.clone().into());
+    }
+    if let Some(p) = &f.patient_id {
+        arg(&mut sql, " AND m.patient_id = ?", p.clone().into());
+    }
+    if let Some(l) = &f.listener {
+        arg(&mut sql, " AND m.listener = ?", l.clone().into());
+    }
+    if let Some(t) = f.since {
+        arg(&mut sql, " AND m.received_at >= ?", micros(t).into());
+    }
+    if let Some(t) = f.until {
+        arg(&mut sql, " AND m.received_at < ?", micros(t).into());
+    }
+    if f.delivery_status.is_some() || f.destination.is_some() {
+        sql.push_str(" AND EXISTS (SELECT 1 FROM deliveries d WHERE d.message_id = m.id");
+        if let Some(s) = f.delivery_status {
+            arg(&mut sql, " AND d.status = ?", s.as_str().to_owned().into());
+        }
+        if let Some(d) = &f.destination {
+            arg(&mut sql, " AND d.destination = ?", d.clone().into());
+        }
+        sql.push(')');
+    }
+    arg(
+        &mut sql,
+        " ORDER BY m.id DESC LIMIT ?",
+        i64::from(f.limit).into(),
+    );
+    arg(&mut sql, " OFFSET ?", i64::from(f.offset).into());
+
+    // A handful of filter combinations occur, so caching by SQL text pays off.
+    let mut stmt = conn.prepare_cached(&sql)?;
+    let mut found = stmt
+        .query_map(params_from_iter(args), |r| {
+            Ok(MessageSummary {
+                id: MessageId(r.get(0)?),
+                received_at: time(r.get(1)?),
+                processed_at: r.get::<_, Option<i64>>(2)?.map(time),
+                listener: r.get(3)?,
+                peer: r.get(4)?,
+                control_id: r.get(5)?,
+                message_type: r.get(6)?,
+                sending_application: r.get(7)?,
+                sending_facility: r.get(8)?,
+                status: message_status(9, &r.get::<_, String>(9)?)?,
+                reason: r.get(10)?,
+                deliveries: DeliveryCounts::default(),
+            })
+        })?
+        .collect::<rusqlite::Result<Vec<_>>>()?;
+    let mut counts = conn.prepare_cached(
+        "SELECT status, count(*) FROM deliveries WHERE message_id = ?1 GROUP BY status",
+    )?;
+    for summary in &mut found {
+        let mut rows = counts.query([summary.id.0])?;
+        while let Some(r) = rows.next()? {
+            let n = count_u32(r.get(1)?);
+            let c = &mut summary.deliveries;
+            match delivery_status(0, &r.get::<_, String>(0)?)? {
+                DeliveryStatus::Queued => c.queued = n,
+                DeliveryStatus::InFlight => c.in_flight = n,
+                DeliveryStatus::Delivered => c.delivered = n,
+                DeliveryStatus::Error => c.error = n,
+            }
+        }
+    }
+    Ok(found)
+}
+
+pub(crate) fn message(conn: &Connection, id: MessageId) -> OpResult<Option<MessageDetail>> {
+    let found = conn
+        .prepare_cached(
+            "SELECT m.id, m.received_at, m.processed_at, m.listener, m.peer, m.control_id,
+                    m.message_type, m.sending_application, m.sending_facility, m.patient_id,
+                    m.status, m.reason, b.raw, b.ack
+             FROM messages m JOIN message_bodies b ON b.message_id = m.id
+             WHERE m.id = ?1",
+        )?
+        .query_row([id.0], |r| {
+            Ok(MessageDetail {
+                id: MessageId(r.get(0)?),
+                received_at: time(r.get(1)?),
+                processed_at: r.get::<_, Option<i64>>(2)?.map(time),
+                listener: r.get(3)?,
+                peer: r.get(4)?,
+                control_id: r.get(5)?,
+                message_type: r.get(6)?,
+                sending_application: r.get(7)?,
+                sending_facility: r.get(8)?,
+                patient_id: r.get(9)?,
+                status: message_status(10, &r.get::<_, String>(10)?)?,
+                reason: r.get(11)?,
+                raw: Bytes::from(r.get::<_, Vec<u8>>(12)?),
+                ack: r.get::<_, Option<Vec<u8>>>(13)?.map(Bytes::from),
+                steps: Vec::new(),
+                deliveries: Vec::new(),
+            })
+        })
+        .optional()?;
+    let Some(mut detail) = found else {
+        return Ok(None);
+    };
+    detail.steps = conn
+        .prepare_cached(
+            "SELECT seq, route, step, kind, content_hash, outcome, output, reason
+             FROM steps WHERE message_id = ?1 ORDER BY seq",
+        )?
+        .query_map([id.0], |r| {
+            Ok(StepDetail {
+                seq: count_u32(r.get(0)?),
+                route: r.get(1)?,
+                step: r.get(2)?,
+                kind: r.get(3)?,
+                content_hash: r.get(4)?,
+                outcome: step_outcome(5, &r.get::<_, String>(5)?, r.get(6)?)?,
+                reason: r.get(7)?,
+            })
+        })?
+        .collect::<rusqlite::Result<_>>()?;
+    detail.deliveries = conn
+        .prepare_cached(
+            "SELECT d.id, d.route, d.destination, d.order_key, d.status, d.attempts,
+                    d.possible_duplicate, d.created_at, d.last_attempt_at, d.next_attempt_at,
+                    d.finished_at, d.last_error, d.ack, p.payload, d.resent_from
+             FROM deliveries d JOIN delivery_payloads p ON p.delivery_id = d.id
+             WHERE d.message_id = ?1 ORDER BY d.id",
+        )?
+        .query_map([id.0], delivery_detail)?
+        .collect::<rusqlite::Result<_>>()?;
+    Ok(Some(detail))
+}
+
+fn delivery_detail(r: &Row<'_>) -> rusqlite::Result<DeliveryDetail> {
+    Ok(DeliveryDetail {
+        id: DeliveryId(r.get(0)?),
+        route: r.get(1)?,
+        destination: r.get(2)?,
+        order_key: r.get(3)?,
+        status: delivery_status(4, &r.get::<_, String>(4)?)?,
+        attempts: count_u32(r.get(5)?),
+        possible_duplicate: r.get(6)?,
+        created_at: time(r.get(7)?),
+        last_attempt_at: r.get::<_, Option<i64>>(8)?.map(time),
+        next_attempt_at: r.get::<_, Option<i64>>(9)?.map(time),
+        finished_at: r.get::<_, Option<i64>>(10)?.map(time),
+        last_error: r.get(11)?,
+        ack: r.get::<_, Option<Vec<u8>>>(12)?.map(Bytes::from),
+        payload: Bytes::from(r.get::<_, Vec<u8>>(13)?),
+        resent_from: r.get::<_, Option<i64>>(14)?.map(DeliveryId),
+    })
+}
+
+// ---------------------------------------------------------------------------------------------
+// Operator actions and retention
+
+pub(crate) fn resend(
+    conn: &Connection,
+    id: MessageId,
+    destination: Option<&str>,
+) -> OpResult<Vec<DeliveryId>> {
+    message_status_of(conn, id)?;
+    // The latest delivery per (route, destination): resending a message resent before sends
+    // it once more, not once per earlier copy.
+    let sources: Vec<(i64, String, String, String)> = conn
+        .prepare_cached(
+            "SELECT d.id, d.route, d.destination, d.order_key FROM deliveries d
+             WHERE d.id IN (SELECT max(id) FROM deliveries WHERE message_id = ?1
+                            GROUP BY route, destination)
+               AND (?2 IS NULL OR d.destination = ?2)
+             ORDER BY d.id",
+        )?
+        .query_map(params![id.0, destination], |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
+        })?
+        .collect::<rusqlite::Result<_>>()?;
+    let now = now_micros();
+    let mut ids = Vec::with_capacity(sources.len());
+    for (source, route, dest, key) in sources {
+        let new = insert_delivery(conn, id, &route, &dest, &key, now, Some(DeliveryId(source)))?;
+        conn.prepare_cached(
+            "INSERT INTO delivery_payloads (delivery_id, payload)
+             SELECT ?1, payload FROM delivery_payloads WHERE delivery_id = ?2",
+        )?
+        .execute(params![new.0, source])?;
+        ids.push(new);
+    }
+    Ok(ids)
+}
+
+pub(crate) fn retry_errored(conn: &Connection, destination: Option<&str>) -> OpResult<u64> {
+    let n = conn
+        .prepare_cached(
+            "UPDATE deliveries
+             SET status = 'queued', attempts = 0, next_attempt_at = NULL, finished_at = NULL
+             WHERE status = 'error' AND (?1 IS NULL OR destination = ?1)",
+        )?
+        .execute(params![destination])?;
+    Ok(n as u64)
+}
+
+/// Deletes up to `limit` finished messages received before `older_than`; returns how many.
+///
+/// The check and the delete are one statement in the writer's transaction, so a delivery
+/// queued or retried concurrently cannot slip between them.
+pub(crate) fn prune_chunk(conn: &Connection, older_than: SystemTime, limit: u32) -> OpResult<u64> {
+    let n = conn
+        .prepare_cached(sql::PRUNE)?
+        .execute(params![micros(older_than), limit])?;
+    Ok(n as u64)
+}
+
+/// Hands up to `pages` free pages back to the file system; returns how many remain free.
+pub(crate) fn vacuum_step(conn: &Connection, pages: u32) -> OpResult<u64> {
+    // The pragma does its work as it is stepped; execute_batch steps it to the end.
+    conn.execute_batch(&format!("PRAGMA incremental_vacuum({pages})"))?;
+    let free: i64 = conn.pragma_query_value(None, "freelist_count", |r| r.get(0))?;
+    Ok(u64::try_from(free).unwrap_or(0))
+}

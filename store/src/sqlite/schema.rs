@@ -1,0 +1,233 @@
+//! The SQLite schema, its versioned migrations, and the settings each connection gets.
+//!
+//! Migrations are a list of SQL steps; the database's `PRAGMA user_version` says how many have
+//! run. Opening applies the missing ones in order inside one transaction (so an upgrade is all or
+//! nothing), does nothing for an up-to-date database, and refuses a database newer than this
+//! code rather than guess at its shape. Append new steps; never edit a released one.
+
+use std::path::Path;
+use std::time::Duration;
+
+use rusqlite::{Connection, TransactionBehavior};
+
+use super::StoreSettings;
+use super::convert::classify;
+use crate::error::StoreError;
+
+/// The migration steps; step `i` takes the schema from version `i` to `i + 1`.
+pub(crate) const MIGRATIONS: &[&str] = &[V1];
+
+/// The schema version this code writes.
+pub(crate) fn latest_version() -> i64 {
+    MIGRATIONS.len() as i64
+}
+
+/// Version 1: messages, their bodies, steps, deliveries and their payloads.
+///
+/// Bodies and payloads live in their own tables so status updates (every claim, every delivery)
+/// rewrite small rows, and searches scan small rows, instead of dragging kilobytes of message
+/// along. AUTOINCREMENT keeps ids from being reused after pruning; ids also give queue order.
+/// Times are integer microseconds since the Unix epoch.
+const V1: &str = r#"
+CREATE TABLE messages (
+    id                  INTEGER PRIMARY KEY AUTOINCREMENT,
+    received_at         INTEGER NOT NULL,
+    listener            TEXT NOT NULL,
+    peer                TEXT NOT NULL,
+    control_id          TEXT NOT NULL,
+    message_type        TEXT NOT NULL,
+    sending_application TEXT NOT NULL,
+    sending_facility    TEXT NOT NULL,
+    patient_id          TEXT NOT NULL,
+    status              TEXT NOT NULL DEFAULT 'received'
+        CHECK (status IN ('received', 'processed', 'filtered', 'unrouted', 'error')),
+    reason              TEXT,
+    processed_at        INTEGER
+);
+
+CREATE TABLE message_bodies (
+    message_id INTEGER PRIMARY KEY REFERENCES messages(id) ON DELETE CASCADE,
+    raw        BLOB NOT NULL,
+    ack        BLOB
+);
+
+CREATE TABLE steps (
+    id           INTEGER PRIMARY KEY,
+    message_id   INTEGER NOT NULL REFERENCES messages(id) ON DELETE CASCADE,
+    seq          INTEGER NOT NULL,
+    route        TEXT NOT NULL,
+    step         TEXT NOT NULL,
+    kind         TEXT NOT NULL,
+    content_hash TEXT NOT NULL,
+    outcome      TEXT NOT NULL CHECK (outcome IN ('kept', 'changed', 'dropped', 'error')),
+    output       BLOB,
+    reason       TEXT
+);
+
+CREATE TABLE deliveries (
+    id                 INTEGER PRIMARY KEY AUTOINCREMENT,
+    message_id         INTEGER NOT NULL REFERENCES messages(id) ON DELETE CASCADE,
+    route              TEXT NOT NULL,
+    destination        TEXT NOT NULL,
+    order_key          TEXT NOT NULL,
+    status             TEXT NOT NULL DEFAULT 'queued'
+        CHECK (status IN ('queued', 'in_flight', 'delivered', 'error')),
+    attempts           INTEGER NOT NULL DEFAULT 0,
+    possible_duplicate INTEGER NOT NULL DEFAULT 0,
+    created_at         INTEGER NOT NULL,
+    -- When a retry is due (set by retry_later); NULL: may go at once. Claims compare it with
+    -- the caller's clock, so a fresh delivery must not carry the store's.
+    next_attempt_at    INTEGER,
+    last_attempt_at    INTEGER,
+    finished_at        INTEGER,
+    last_error         TEXT,
+    ack                BLOB,
+    resent_from        INTEGER
+);
+
+CREATE TABLE delivery_payloads (
+    delivery_id INTEGER PRIMARY KEY REFERENCES deliveries(id) ON DELETE CASCADE,
+    payload     BLOB NOT NULL
+);
+
+-- Duplicate detection: (MSH-3, MSH-4, MSH-10) within a time window.
+CREATE INDEX messages_duplicate
+    ON messages (sending_application, sending_facility, control_id, received_at);
+-- Search fields.
+CREATE INDEX messages_control_id ON messages (control_id);
+CREATE INDEX messages_patient ON messages (patient_id);
+CREATE INDEX messages_type ON messages (message_type);
+CREATE INDEX messages_status ON messages (status);
+-- Search by time and the pruner.
+CREATE INDEX messages_received ON messages (received_at);
+
+CREATE INDEX steps_message ON steps (message_id, seq);
+
+-- The queues. Partial indexes hold only unfinished deliveries, so claiming stays cheap however
+-- much delivered history the table keeps. Queries repeat the index's WHERE term verbatim:
+-- SQLite uses a partial index only when the query's WHERE contains it.
+CREATE INDEX deliveries_pending
+    ON deliveries (destination, id) WHERE status IN ('queued', 'in_flight');
+CREATE INDEX deliveries_pending_key
+    ON deliveries (destination, order_key, id) WHERE status IN ('queued', 'in_flight');
+-- Depths, recovery, retry of dead letters.
+CREATE INDEX deliveries_status ON deliveries (status, destination);
+-- A message's deliveries (detail, the pruner's check, cascading deletes).
+CREATE INDEX deliveries_message ON deliveries (message_id, status);
+"#;
+
+/// Settings for the writer connection, then the migrations.
+pub(crate) fn prepare_writer(
+    conn: &mut Connection,
+    path: &Path,
+    settings: &StoreSettings,
+    migrate_schema: bool,
+) -> Result<(), StoreError> {
+    let sql = |e: rusqlite::Error| classify("open", &e);
+    // Must come before the first table exists; on an existing database it changes nothing.
+    // INCREMENTAL lets the pruner hand freed pages back to the file system.
+    conn.pragma_update(None, "auto_vacuum", "INCREMENTAL")
+        .map_err(sql)?;
+    let mode: String = conn
+        .pragma_update_and_check(None, "journal_mode", "WAL", |r| r.get(0))
+        .map_err(sql)?;
+    if !mode.eq_ignore_ascii_case("wal") {
+        return Err(StoreError::Open {
+            path: path.to_owned(),
+            detail: format!("the file system does not support WAL mode (got `{mode}`)"),
+        });
+    }
+    // FULL syncs the WAL on every commit: a commit that returned survives power loss. NORMAL
+    // survives a process crash but may lose the last commits on power loss.
+    let sync = if settings.fsync { "FULL" } else { "NORMAL" };
+    conn.pragma_update(None, "synchronous", sync).map_err(sql)?;
+    conn.pragma_update(None, "foreign_keys", "ON")
+        .map_err(sql)?;
+    // Without a limit the WAL file keeps the size of its largest burst forever.
+    conn.pragma_update(None, "journal_size_limit", 64 * 1024 * 1024)
+        .map_err(sql)?;
+    common(conn, settings.busy_timeout).map_err(sql)?;
+    if migrate_schema {
+        migrate(conn, path)?;
+    } else {
+        require_latest(conn, path)?;
+    }
+    if let Some(max) = settings.max_size_bytes {
+        let page_size: i64 = conn
+            .pragma_query_value(None, "page_size", |r| r.get(0))
+            .map_err(sql)?;
+        let pages = i64::try_from(max).unwrap_or(i64::MAX) / page_size.max(1);
+        conn.pragma_update(None, "max_page_count", pages.max(1))
+            .map_err(sql)?;
+    }
+    Ok(())
+}
+
+/// Settings for a read connection.
+pub(crate) fn prepare_reader(conn: &Connection, busy_timeout: Duration) -> rusqlite::Result<()> {
+    // Reads never write; this makes a slip a clear error instead of a lock fight.
+    conn.pragma_update(None, "query_only", "ON")?;
+    common(conn, busy_timeout)
+}
+
+fn common(conn: &Connection, busy_timeout: Duration) -> rusqlite::Result<()> {
+    conn.busy_timeout(busy_timeout)?;
+    conn.set_prepared_statement_cache_capacity(64);
+    Ok(())
+}
+
+/// Applies the missing migration steps in one transaction.
+/// A secondary opener (the CLI beside a running engine) never migrates: the schema must be
+/// the one this code knows.
+fn require_latest(conn: &Connection, path: &Path) -> Result<(), StoreError> {
+    let found: i64 = conn
+        .pragma_query_value(None, "user_version", |r| r.get(0))
+        .map_err(|e| classify("open", &e))?;
+    let latest = latest_version();
+    if found > latest {
+        return Err(StoreError::SchemaTooNew {
+            path: path.to_owned(),
+            found,
+            supported: latest,
+        });
+    }
+    if found < latest {
+        return Err(StoreError::Open {
+            path: path.to_owned(),
+            detail: format!(
+                "schema version {found} is older than this courier's {latest}; start the engine once to migrate it"
+            ),
+        });
+    }
+    Ok(())
+}
+
+fn migrate(conn: &mut Connection, path: &Path) -> Result<(), StoreError> {
+    let sql = |e: rusqlite::Error| classify("migrate", &e);
+    let found: i64 = conn
+        .pragma_query_value(None, "user_version", |r| r.get(0))
+        .map_err(sql)?;
+    let latest = latest_version();
+    if found > latest {
+        return Err(StoreError::SchemaTooNew {
+            path: path.to_owned(),
+            found,
+            supported: latest,
+        });
+    }
+    if found == latest {
+        return Ok(());
+    }
+    let tx = conn
+        .transaction_with_behavior(TransactionBehavior::Immediate)
+        .map_err(sql)?;
+    // `found` is in 0..latest here, so it indexes MIGRATIONS.
+    for (i, step) in MIGRATIONS.iter().enumerate().skip(found as usize) {
+        tx.execute_batch(step).map_err(sql)?;
+        tracing::info!(version = i + 1, "store schema migrated");
+    }
+    // user_version lives in the database header, so it commits (or not) with the steps.
+    tx.pragma_update(None, "user_version", latest)
+        .map_err(sql)?;
+    tx.commit().map_err(sql)
+}

@@ -1,0 +1,146 @@
+//! The [`Store`] trait: the one narrow interface the engine uses for the journal, the
+//! per-destination delivery queues, search and retention.
+//!
+//! The engine holds an `Arc<dyn Store>`; [`SqliteStore`](crate::SqliteStore) is the embedded
+//! implementation. The contract below is written so that a shared-database backend (several
+//! nodes on one PostgreSQL, claiming queue work with `FOR UPDATE SKIP LOCKED`) can implement it
+//! without callers changing: every write is its own atomic unit, claims are explicit, and
+//! nothing exposes SQL, connections or files.
+
+use std::fmt;
+use std::time::SystemTime;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+
+use crate::error::StoreError;
+use crate::types::{
+    Claim, DeliveryId, DeliveryOrder, Duplicate, MessageDetail, MessageId, MessageSummary,
+    NewMessage, Processing, QueueDepth, RecoveredDelivery, Search, StoredMessage,
+};
+
+/// Courier's message store: the durable journal of inbound messages, one durable FIFO queue per
+/// destination, and the search and retention behind the CLI and admin API.
+///
+/// # Durability
+/// Every write has happened durably (committed and, with the default settings, synced to disk)
+/// when its future returns `Ok`; on `Err` none of it happened. Concurrent writes share commits
+/// (group commit), so many connections cost few syncs. A write handed to the store is not
+/// undone by dropping its future; the caller just does not learn the outcome.
+///
+/// Writes from one task are applied in the order their futures are first polled, so a sender
+/// can overlap finishing one delivery with claiming the next — `tokio::join!(store.delivered(..),
+/// store.claim_next(..))` — and usually have both share one commit.
+///
+/// # Errors
+/// [`StoreError::Unavailable`] means the storage could not take the write (full or failing
+/// disk); the store keeps running and later calls are tried afresh. Reads go on working while
+/// writes fail, where the storage allows.
+#[async_trait]
+pub trait Store: Send + Sync + fmt::Debug {
+    /// Journals an inbound message (status `received`) and returns its id once it is durable:
+    /// only then may the sender get AA/CA.
+    async fn journal(&self, message: NewMessage) -> Result<MessageId, StoreError>;
+
+    /// Records, in one transaction, how processing ended: the message's status and reason,
+    /// each step's record, and the deliveries to queue (returned in the order given). Fails with
+    /// [`StoreError::AlreadyProcessed`] unless the message is still `received`, so a message is
+    /// never queued twice.
+    async fn complete_processing(
+        &self,
+        id: MessageId,
+        processing: Processing,
+    ) -> Result<Vec<DeliveryId>, StoreError>;
+
+    /// Records the ACK we sent for a message, for replay to a duplicate.
+    async fn record_ack(&self, id: MessageId, ack: Bytes) -> Result<(), StoreError>;
+
+    /// The most recent message received at or after `since` with the same MSH-3, MSH-4 and
+    /// MSH-10, with the ACK we sent for it. Call it before journaling the new arrival. Two
+    /// copies arriving at the same instant may both find none (the window is best effort).
+    async fn find_duplicate(
+        &self,
+        sending_application: &str,
+        sending_facility: &str,
+        control_id: &str,
+        since: SystemTime,
+    ) -> Result<Option<Duplicate>, StoreError>;
+
+    /// Messages journaled but never processed, oldest first: after a crash, process them before
+    /// accepting new traffic. (While the engine runs, messages being processed are here too.)
+    async fn unprocessed(&self) -> Result<Vec<StoredMessage>, StoreError>;
+
+    /// Queues again every delivery that was in flight (claimed, not finished) when the store was
+    /// last closed, flagged `possible_duplicate`, and returns them for the log. Call it once at
+    /// start, before any sender claims. (A shared-database backend recovers only this node's
+    /// claims, or claims whose lease expired.)
+    async fn recover_in_flight(&self) -> Result<Vec<RecoveredDelivery>, StoreError>;
+
+    /// Claims the next delivery for `destination` under `order`, as of `now`. A
+    /// [`Claim::Ready`] delivery is marked in flight and its attempt counted durably before this
+    /// returns, so after a crash it is known it may have been sent. Finish every claim with
+    /// [`delivered`](Self::delivered), [`retry_later`](Self::retry_later) or
+    /// [`dead_letter`](Self::dead_letter).
+    async fn claim_next(
+        &self,
+        destination: &str,
+        order: DeliveryOrder,
+        now: SystemTime,
+    ) -> Result<Claim, StoreError>;
+
+    /// The destination acknowledged a claimed delivery; `ack` is its ACK. Fails with
+    /// [`StoreError::WrongDeliveryState`] unless the delivery is in flight.
+    async fn delivered(&self, id: DeliveryId, ack: Bytes) -> Result<(), StoreError>;
+
+    /// A claimed delivery failed (AE, timeout, connection refused); it is queued again and may
+    /// be claimed from `next_attempt`. Its attempts stay counted.
+    async fn retry_later(
+        &self,
+        id: DeliveryId,
+        error: &str,
+        next_attempt: SystemTime,
+    ) -> Result<(), StoreError>;
+
+    /// Dead-letters a delivery (status `error`): rejected by the destination (AR/CR, whose ACK
+    /// can be kept) or attempts exhausted. Applies to an in-flight delivery, and to a queued one
+    /// so an operator can take a stuck head out of a strict queue.
+    async fn dead_letter(
+        &self,
+        id: DeliveryId,
+        error: &str,
+        ack: Option<Bytes>,
+    ) -> Result<(), StoreError>;
+
+    /// Queued, in-flight and dead-lettered deliveries per destination that has any, by name.
+    /// Cheap (indexed); meant for metrics.
+    async fn queue_depths(&self) -> Result<Vec<QueueDepth>, StoreError>;
+
+    /// Messages matching the filter, newest first.
+    async fn search(&self, filter: &Search) -> Result<Vec<MessageSummary>, StoreError>;
+
+    /// Everything stored about one message: raw bytes, steps, deliveries.
+    async fn message(&self, id: MessageId) -> Result<Option<MessageDetail>, StoreError>;
+
+    /// Queues the message again: one new delivery per (route, destination) it has deliveries
+    /// for — to `destination` only, if given — copying the latest such delivery's payload and
+    /// order key. Fails with [`StoreError::MessageNotFound`] for an unknown message; returns no
+    /// ids when it has no delivery to that destination.
+    async fn resend(
+        &self,
+        id: MessageId,
+        destination: Option<&str>,
+    ) -> Result<Vec<DeliveryId>, StoreError>;
+
+    /// Queues every dead-lettered delivery (to `destination`, or to all) again with its attempts
+    /// reset; they go back to their place in the queue. Returns how many.
+    async fn retry_errored(&self, destination: Option<&str>) -> Result<u64, StoreError>;
+
+    /// Deletes messages received before `older_than` that are finished with: status processed,
+    /// filtered or unrouted, and every delivery delivered (or none). Never one with a queued,
+    /// in-flight or dead-lettered delivery, nor an unprocessed or errored message. Returns how
+    /// many messages it deleted and gives the space back so the store stays bounded.
+    async fn prune(&self, older_than: SystemTime) -> Result<u64, StoreError>;
+
+    /// The store's size on disk, in bytes.
+    async fn size_bytes(&self) -> Result<u64, StoreError>;
+}
