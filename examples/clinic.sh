@@ -6,8 +6,8 @@
 #   examples/clinic.sh          build, run, send the examples, keep serving until Ctrl-C
 #   examples/clinic.sh --once   the same, but stop after the examples are delivered
 #
-# COURIER_BIN=path skips the build (the tests use it); received messages are written under
-# examples/data/ (git-ignored).
+# COURIER_BIN=path skips the build (the tests use it); received messages and the engine's
+# message store are written under examples/data/ (git-ignored).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -34,7 +34,7 @@ trap 'exit 130' INT TERM
 "$bin" listen --port 2576 --out "$data/emr" >"$data/emr.log" 2>&1 & pids+=($!)
 "$bin" listen --port 2577 --out "$data/lis" >"$data/lis.log" 2>&1 & pids+=($!)
 "$bin" listen --port 2578 --out "$data/billing" >"$data/billing.log" 2>&1 & pids+=($!)
-"$bin" run examples/clinic.toml > >(tee "$data/engine.log") 2>&1 & pids+=($!)
+"$bin" run examples/clinic.toml --store-dir "$data/store" > >(tee "$data/engine.log") 2>&1 & pids+=($!)
 
 # Wait for the engine to listen (up to 30 s).
 for _ in $(seq 300); do

@@ -1,31 +1,41 @@
-//! The top level: reads a config and wires listeners, routes and destinations together.
+//! The top level: reads a config and wires listeners, routes, the store and destinations
+//! together.
 //!
-//! One message's way: the listener hands each frame to [`Intake`], which parses it, checks
-//! the fields every message needs, picks the routes, queues a copy for each of their
-//! destinations and only then answers AA/CA. Anything wrong with the message is answered
-//! with AR/AE (CR/CE in enhanced mode) and an ERR segment naming what and where.
+//! One message's way: the listener hands each frame to [`Intake`], which parses it and checks
+//! the fields every message needs, journals the raw bytes durably, picks the routes and
+//! queues a delivery for each of their destinations, then answers as the listener's
+//! `ack_policy` says — by default AA/CA as soon as the message is journaled. Anything wrong
+//! with the message is answered with AR/AE (CR/CE in enhanced mode) and an ERR segment naming
+//! what and where; a message that cannot be stored gets AE, never AA.
 //!
-//! Shutdown is one token: listeners stop accepting and finish the message in flight; then
-//! destinations drain their queues for up to `engine.shutdown_grace`.
+//! At start the engine recovers: deliveries that were in flight at a crash are queued again
+//! (flagged possible duplicates) and journaled messages that were never processed are
+//! processed. Shutdown is one token: listeners stop accepting and finish the message in
+//! flight; destinations then deliver what is ready for up to `engine.shutdown_grace`.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Instant;
+use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::Context;
 use bytes::Bytes;
 use courier_hl7::{
-    AckCode, AckError, AckMode, ErrorCode, ErrorLocation, LineEndings, Message, ParseOptions,
+    AckCode, AckError, AckMode, ErrorCode, ErrorLocation, LineEndings, Message, ParseOptions, Path,
     Severity, build_ack, build_nak_for_unparsed,
 };
 use courier_mllp::{Handler, ListenerSettings, PeerInfo};
+use courier_store::{
+    NewDelivery, NewMessage, Processing, ProcessingStatus, SqliteStore, Store, StoreSettings,
+};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::{Instrument, info, info_span, warn};
+use tracing::{Instrument, error, info, info_span, warn};
 
-use crate::config::{Config, LineEndingsConfig, UnroutedPolicy, parse_charset};
+use crate::config::{AckPolicy, Config, LineEndingsConfig, UnroutedPolicy, parse_charset};
+use crate::destination::durable::{self, Stops, Wake};
+use crate::destination::waiters::{Finished, Waiters};
 use crate::destination::{self, Delivery, DestinationHandle};
 use crate::route::{Envelope, Router};
 
@@ -37,25 +47,101 @@ pub struct Engine {
 }
 
 impl Engine {
-    /// Binds every listener (failing fast if one cannot bind), starts the destination
-    /// workers and begins serving.
+    /// Opens the store, recovers what a previous run left, binds every listener (failing
+    /// fast if one cannot bind), starts the destination workers and begins serving.
     pub async fn start(config: Config) -> anyhow::Result<Engine> {
         let shutdown = CancellationToken::new();
+        let drain = CancellationToken::new();
         let hard_stop = CancellationToken::new();
-        let destinations_tracker = TaskTracker::new();
-        let destinations: Vec<DestinationHandle> = config
+        let workers = TaskTracker::new();
+        let names: Vec<Arc<str>> = config
             .destinations
             .iter()
-            .map(|d| destination::spawn(d.get_ref(), &destinations_tracker, hard_stop.clone()))
+            .map(|d| d.get_ref().name.as_str().into())
             .collect();
-        destinations_tracker.close();
-        let router = Router::new(&config, |name| {
-            destinations.iter().position(|d| &**d.name() == name)
-        })?;
+        let order_keys = config
+            .destinations
+            .iter()
+            .map(|d| {
+                d.get_ref()
+                    .order_key
+                    .as_ref()
+                    .map(|k| Path::parse(k.get_ref()))
+                    .transpose()
+            })
+            .collect::<Result<Vec<_>, _>>()
+            .context("destination order_key")?;
+
+        let output = if config.store.enabled {
+            let dir = config.store_dir();
+            let store: Arc<dyn Store> = Arc::new(
+                SqliteStore::open(
+                    &dir,
+                    StoreSettings {
+                        fsync: config.store.fsync,
+                        max_size_bytes: config.store.max_size_bytes,
+                        ..StoreSettings::default()
+                    },
+                )
+                .with_context(|| format!("opening the store in {}", dir.display()))?,
+            );
+            let waiters = Arc::new(Waiters::default());
+            if config
+                .listeners
+                .iter()
+                .any(|l| l.get_ref().ack_policy == AckPolicy::AfterDelivery)
+            {
+                waiters.enable();
+            }
+            for r in store.recover_in_flight().await? {
+                warn!(
+                    control_id = %r.control_id,
+                    destination = %r.destination,
+                    delivery = %r.id,
+                    "was in flight when the engine stopped; it will be sent again, flagged possible duplicate"
+                );
+            }
+            let wakes = config
+                .destinations
+                .iter()
+                .map(|d| {
+                    durable::spawn(
+                        d.get_ref(),
+                        store.clone(),
+                        waiters.clone(),
+                        &workers,
+                        Stops {
+                            drain: drain.clone(),
+                            stop: hard_stop.clone(),
+                        },
+                    )
+                })
+                .collect();
+            spawn_pruner(&config, store.clone(), &workers, hard_stop.clone());
+            Output::Durable {
+                store,
+                wakes,
+                waiters,
+            }
+        } else {
+            warn!("the store is off: acknowledged messages are lost if the engine stops");
+            Output::Memory(
+                config
+                    .destinations
+                    .iter()
+                    .map(|d| destination::spawn(d.get_ref(), &workers, hard_stop.clone()))
+                    .collect(),
+            )
+        };
+        workers.close();
+        let router = Router::new(&config, |name| names.iter().position(|d| &**d == name))?;
         let pipeline = Arc::new(Pipeline {
             router,
-            destinations,
+            names,
+            order_keys,
+            output,
         });
+        pipeline.recover(&config).await?;
         let ack_ids = Arc::new(AckIds::new());
 
         let listeners_tracker = TaskTracker::new();
@@ -71,15 +157,11 @@ impl Engine {
             bound.push((l.name.clone(), local));
             let intake = Arc::new(Intake {
                 listener: l.name.as_str().into(),
-                options: ParseOptions {
-                    line_endings: match l.line_endings {
-                        LineEndingsConfig::Strict => LineEndings::Strict,
-                        LineEndingsConfig::Lenient => LineEndings::Lenient,
-                    },
-                    default_charset: parse_charset(l.default_charset.get_ref())
-                        .context("listener default_charset")?,
-                },
+                options: listener_options(l)?,
                 unrouted: l.unrouted,
+                ack_policy: l.ack_policy,
+                delivery_wait: l.delivery_wait,
+                duplicate_window: l.duplicate_window,
                 pipeline: pipeline.clone(),
                 ack_ids: ack_ids.clone(),
                 shutdown: shutdown.clone(),
@@ -106,16 +188,16 @@ impl Engine {
         let done = tokio::spawn(async move {
             token.cancelled().await;
             listeners_tracker.wait().await;
-            info!("listeners closed; draining destination queues");
-            // The listeners held the last references to the queues' senders: each worker
-            // now delivers what is left and stops, or is stopped when the grace period ends.
-            if tokio::time::timeout(grace, destinations_tracker.wait())
-                .await
-                .is_err()
-            {
+            info!("listeners closed; delivering what is ready");
+            // Durable workers stop once nothing is ready to send; in-memory ones once their
+            // queue is empty (the listeners held the last senders). Either way, not beyond
+            // the grace period: what is left stays in the store for the next start.
+            drain.cancel();
+            if tokio::time::timeout(grace, workers.wait()).await.is_err() {
                 hard_stop.cancel();
-                destinations_tracker.wait().await;
+                workers.wait().await;
             }
+            hard_stop.cancel();
             info!("stopped");
         });
         Ok(Engine {
@@ -144,9 +226,163 @@ impl Engine {
     }
 }
 
+fn listener_options(l: &crate::config::ListenerConfig) -> anyhow::Result<ParseOptions> {
+    Ok(ParseOptions {
+        line_endings: match l.line_endings {
+            LineEndingsConfig::Strict => LineEndings::Strict,
+            LineEndingsConfig::Lenient => LineEndings::Lenient,
+        },
+        default_charset: parse_charset(l.default_charset.get_ref())
+            .context("listener default_charset")?,
+    })
+}
+
+fn spawn_pruner(
+    config: &Config,
+    store: Arc<dyn Store>,
+    tracker: &TaskTracker,
+    stop: CancellationToken,
+) {
+    let retention = config.store.retention;
+    let every = config.store.prune_interval;
+    tracker.spawn(async move {
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = tokio::time::sleep(every) => {}
+            }
+            let cutoff = SystemTime::now()
+                .checked_sub(retention)
+                .unwrap_or(SystemTime::UNIX_EPOCH);
+            match store.prune(cutoff).await {
+                Ok(0) => {}
+                Ok(n) => info!(pruned = n, "pruned delivered messages past retention"),
+                Err(e) => warn!(error = %e, "pruning failed; will try again"),
+            }
+        }
+    });
+}
+
+enum Output {
+    /// The store's durable queues (the default).
+    Durable {
+        store: Arc<dyn Store>,
+        wakes: Vec<Wake>,
+        waiters: Arc<Waiters>,
+    },
+    /// In-memory bounded queues (`[store] enabled = false`).
+    Memory(Vec<DestinationHandle>),
+}
+
 struct Pipeline {
     router: Router,
-    destinations: Vec<DestinationHandle>,
+    /// Destination names, by index.
+    names: Vec<Arc<str>>,
+    /// Each destination's `order_key` path.
+    order_keys: Vec<Option<Path>>,
+    output: Output,
+}
+
+/// Where a message goes.
+struct Routed {
+    /// (route name, destination index) per copy.
+    copies: Vec<(Arc<str>, usize)>,
+}
+
+impl Pipeline {
+    fn route(&self, listener: &str, env: &Envelope, msg: &Message) -> Routed {
+        let copies = self
+            .router
+            .select(listener, env, msg)
+            .flat_map(|r| r.destinations.iter().map(|&d| (r.name.clone(), d)))
+            .collect();
+        Routed { copies }
+    }
+
+    fn deliveries(&self, msg: &Message, routed: &Routed) -> Vec<NewDelivery> {
+        let payload = msg.encode();
+        routed
+            .copies
+            .iter()
+            .map(|(route, d)| NewDelivery {
+                route: route.to_string(),
+                destination: self.names[*d].to_string(),
+                payload: payload.clone(),
+                order_key: self.order_keys[*d]
+                    .as_ref()
+                    .and_then(|p| msg.get(p))
+                    .unwrap_or_default(),
+            })
+            .collect()
+    }
+
+    fn wake(&self, routed: &Routed) {
+        if let Output::Durable { wakes, .. } = &self.output {
+            for (_, d) in &routed.copies {
+                wakes[*d].wake();
+            }
+        }
+    }
+
+    /// Processes what a previous run journaled but never processed.
+    async fn recover(&self, config: &Config) -> anyhow::Result<()> {
+        let Output::Durable { store, .. } = &self.output else {
+            return Ok(());
+        };
+        let pending = store.unprocessed().await?;
+        if pending.is_empty() {
+            return Ok(());
+        }
+        info!(
+            messages = pending.len(),
+            "processing messages journaled before the last stop"
+        );
+        for m in pending {
+            let options = config
+                .listeners
+                .iter()
+                .find(|l| l.get_ref().name == m.message.listener)
+                .map(|l| listener_options(l.get_ref()))
+                .transpose()?
+                .unwrap_or(ParseOptions {
+                    line_endings: LineEndings::Lenient,
+                    ..ParseOptions::default()
+                });
+            let processing = match Message::parse_with(m.message.raw.clone(), &options) {
+                Ok(msg) => {
+                    let env = Envelope::of(&msg);
+                    let routed = self.route(&m.message.listener, &env, &msg);
+                    let p = processing_for(self.deliveries(&msg, &routed));
+                    let ids = store.complete_processing(m.id, p).await?;
+                    if !ids.is_empty() {
+                        self.wake(&routed);
+                    }
+                    continue;
+                }
+                Err(e) => Processing {
+                    status: ProcessingStatus::Error,
+                    reason: Some(format!("cannot be parsed any more: {e}")),
+                    steps: Vec::new(),
+                    deliveries: Vec::new(),
+                },
+            };
+            store.complete_processing(m.id, processing).await?;
+        }
+        Ok(())
+    }
+}
+
+fn processing_for(deliveries: Vec<NewDelivery>) -> Processing {
+    Processing {
+        status: if deliveries.is_empty() {
+            ProcessingStatus::Unrouted
+        } else {
+            ProcessingStatus::Processed
+        },
+        reason: None,
+        steps: Vec::new(),
+        deliveries,
+    }
 }
 
 /// Generates MSH-10 for the engine's own ACKs: unique within a run and across runs.
@@ -157,8 +393,8 @@ struct AckIds {
 
 impl AckIds {
     fn new() -> AckIds {
-        let secs = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
+        let secs = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
             .map_or(0, |d| d.as_secs());
         AckIds {
             prefix: format!("CR{}", base36(secs)),
@@ -196,16 +432,25 @@ struct Intake {
     listener: Arc<str>,
     options: ParseOptions,
     unrouted: UnroutedPolicy,
+    ack_policy: AckPolicy,
+    delivery_wait: Duration,
+    duplicate_window: Option<Duration>,
     pipeline: Arc<Pipeline>,
     ack_ids: Arc<AckIds>,
     shutdown: CancellationToken,
 }
 
-/// How a message was answered, for the log line.
+/// How a message was answered.
 enum Answer {
-    Accepted { routes: usize },
+    Accepted {
+        copies: usize,
+    },
     Unrouted,
     Refused(AckCode, AckError),
+    /// Pass-through: the destination's own ACK goes back as it is.
+    Relay(Bytes),
+    /// A duplicate: the original ACK goes back as it was.
+    Replay(Bytes),
 }
 
 impl Handler for Intake {
@@ -233,12 +478,17 @@ impl Handler for Intake {
             };
             let control_id = msg.control_id().unwrap_or_default();
             let env = Envelope::of(&msg);
-            let answer = self.process(&msg, &env, &control_id).await;
+            let (answer, stored) = match &self.pipeline.output {
+                Output::Durable { store, .. } => {
+                    self.process_durable(store, &msg, &env, &control_id, peer)
+                        .await
+                }
+                Output::Memory(queues) => (self.process_memory(queues, &msg, &env).await, None),
+            };
             let elapsed_us = started.elapsed().as_micros() as u64;
-            let mode = AckMode::of(&msg);
             let (code, error) = match answer {
-                Answer::Accepted { routes } => {
-                    info!(%control_id, message_type = %env.message_type, routes, elapsed_us, "accepted");
+                Answer::Accepted { copies } => {
+                    info!(%control_id, message_type = %env.message_type, copies, elapsed_us, "accepted");
                     (AckCode::AA, None)
                 }
                 Answer::Unrouted => {
@@ -249,8 +499,16 @@ impl Handler for Intake {
                     warn!(%control_id, message_type = %env.message_type, ack = code.as_str(), error = %err.text, elapsed_us, "refused");
                     (code, Some(err))
                 }
+                Answer::Relay(ack) => {
+                    info!(%control_id, message_type = %env.message_type, elapsed_us, "delivered; relaying the destination's ACK");
+                    return Some(ack);
+                }
+                Answer::Replay(ack) => {
+                    info!(%control_id, message_type = %env.message_type, "duplicate of a message already received; original ACK replayed");
+                    return Some(ack);
+                }
             };
-            let code = match mode {
+            let code = match AckMode::of(&msg) {
                 AckMode::Original => code,
                 AckMode::Enhanced { accept, .. } => {
                     if !accept.wants(code.is_accept()) {
@@ -259,18 +517,20 @@ impl Handler for Intake {
                     commit_code(code)
                 }
             };
-            Some(build_ack(
-                &msg,
-                code,
-                error.as_ref(),
-                &self.ack_ids.next(),
-                &hl7_now(),
-            ))
+            let ack = build_ack(&msg, code, error.as_ref(), &self.ack_ids.next(), &hl7_now());
+            if let (Some((store, id)), Some(_)) = (stored, self.duplicate_window)
+                && let Err(e) = store.record_ack(id, ack.clone()).await
+            {
+                warn!(error = %e, "could not keep the ACK for duplicate replay");
+            }
+            Some(ack)
         }
         .instrument(span)
         .await
     }
 }
+
+type Stored = Option<(Arc<dyn Store>, courier_store::MessageId)>;
 
 impl Intake {
     fn parse(&self, frame: &Bytes) -> Result<Message, AckError> {
@@ -304,65 +564,224 @@ impl Intake {
         Ok(msg)
     }
 
-    async fn process(&self, msg: &Message, env: &Envelope, control_id: &str) -> Answer {
-        let p = &self.pipeline;
-        let routes: Vec<_> = p.router.select(&self.listener, env, msg).collect();
-        if routes.is_empty() {
-            return match self.unrouted {
-                UnroutedPolicy::Accept => Answer::Unrouted,
-                UnroutedPolicy::Reject => Answer::Refused(
-                    AckCode::AR,
-                    AckError {
-                        code: ErrorCode::UnsupportedMessageType,
-                        location: Some(location("MSH", Some(9))),
-                        text: format!(
-                            "no route accepts {} on listener {}",
-                            env.message_type, self.listener
-                        ),
-                        severity: Severity::Error,
-                    },
-                ),
-            };
+    fn unrouted_answer(&self, env: &Envelope) -> Answer {
+        match self.unrouted {
+            UnroutedPolicy::Accept => Answer::Unrouted,
+            UnroutedPolicy::Reject => Answer::Refused(
+                AckCode::AR,
+                AckError {
+                    code: ErrorCode::UnsupportedMessageType,
+                    location: Some(location("MSH", Some(9))),
+                    text: format!(
+                        "no route accepts {} on listener {}",
+                        env.message_type, self.listener
+                    ),
+                    severity: Severity::Error,
+                },
+            ),
         }
-        let bytes = msg.encode();
-        let control_id: Arc<str> = control_id.into();
-        let message_type: Arc<str> = env.message_type.as_str().into();
-        let received = Instant::now();
-        for route in &routes {
-            for &d in &route.destinations {
-                let dest = &p.destinations[d];
-                let delivery = Delivery {
-                    message: bytes.clone(),
-                    control_id: control_id.clone(),
-                    message_type: message_type.clone(),
-                    route: route.name.clone(),
-                    received,
-                };
-                let queued = tokio::select! {
-                    biased;
-                    r = dest.enqueue(delivery) => r.is_ok(),
-                    _ = self.shutdown.cancelled() => false,
-                };
-                if !queued {
-                    // Copies already queued for other destinations will still go out: the
-                    // sender resends on AE, which is at-least-once, never loss.
-                    return Answer::Refused(
+    }
+
+    async fn process_durable(
+        &self,
+        store: &Arc<dyn Store>,
+        msg: &Message,
+        env: &Envelope,
+        control_id: &str,
+        peer: &PeerInfo,
+    ) -> (Answer, Stored) {
+        let msh = |n: usize| msg.get(&Path::new("MSH").with_field(n)).unwrap_or_default();
+        let (sending_application, sending_facility) = (msh(3), msh(4));
+        if let Some(window) = self.duplicate_window {
+            let since = SystemTime::now()
+                .checked_sub(window)
+                .unwrap_or(SystemTime::UNIX_EPOCH);
+            match store
+                .find_duplicate(&sending_application, &sending_facility, control_id, since)
+                .await
+            {
+                Ok(Some(dup)) => {
+                    if let Some(ack) = dup.ack {
+                        return (Answer::Replay(ack), None);
+                    }
+                    // The original is stored but was not answered (e.g. a crash before its
+                    // ACK): it is being handled already, so accept without a second copy.
+                    return (Answer::Accepted { copies: 0 }, None);
+                }
+                Ok(None) => {}
+                Err(e) => warn!(error = %e, "duplicate check failed; processing the message"),
+            }
+        }
+        let id = match store
+            .journal(NewMessage {
+                received_at: SystemTime::now(),
+                listener: self.listener.to_string(),
+                peer: peer.peer.to_string(),
+                control_id: control_id.to_owned(),
+                message_type: env.message_type.clone(),
+                sending_application,
+                sending_facility,
+                patient_id: msg
+                    .get(&Path::new("PID").with_field(3).with_component(1))
+                    .unwrap_or_default(),
+                raw: msg.encode(),
+            })
+            .await
+        {
+            Ok(id) => id,
+            Err(e) => {
+                error!(error = %e, "cannot store the message; answering AE");
+                return (
+                    Answer::Refused(
                         AckCode::AE,
                         AckError {
                             code: ErrorCode::ApplicationInternalError,
                             location: None,
-                            text: format!(
-                                "engine is shutting down; destination {} did not take the message, resend it",
-                                dest.name()
-                            ),
+                            text: "the message could not be stored; resend it later".into(),
                             severity: Severity::Error,
                         },
-                    );
+                    ),
+                    None,
+                );
+            }
+        };
+        let stored = Some((store.clone(), id));
+        let p = &self.pipeline;
+        let routed = p.route(&self.listener, env, msg);
+        let copies = routed.copies.len();
+        let processed = store
+            .complete_processing(id, processing_for(p.deliveries(msg, &routed)))
+            .await;
+        let ids = match processed {
+            Ok(ids) => {
+                p.wake(&routed);
+                ids
+            }
+            Err(e) => {
+                error!(error = %e, message = %id, "processing could not be recorded; it is processed again at the next start");
+                if self.ack_policy == AckPolicy::AfterStore {
+                    return (Answer::Accepted { copies }, stored);
                 }
+                return (
+                    Answer::Refused(
+                        AckCode::AE,
+                        AckError {
+                            code: ErrorCode::ApplicationInternalError,
+                            location: None,
+                            text: "the message was stored but could not be processed yet".into(),
+                            severity: Severity::Error,
+                        },
+                    ),
+                    stored,
+                );
+            }
+        };
+        if copies == 0 {
+            return (self.unrouted_answer(env), stored);
+        }
+        if self.ack_policy != AckPolicy::AfterDelivery {
+            return (Answer::Accepted { copies }, stored);
+        }
+        (self.wait_for_delivery(&ids).await, stored)
+    }
+
+    /// `after-delivery`: the destinations' verdict, relayed.
+    async fn wait_for_delivery(&self, ids: &[courier_store::DeliveryId]) -> Answer {
+        let Output::Durable { waiters, .. } = &self.pipeline.output else {
+            return Answer::Accepted { copies: ids.len() };
+        };
+        let receivers: Vec<_> = ids.iter().map(|id| waiters.wait(*id)).collect();
+        let all = futures::future::join_all(receivers);
+        let results = tokio::select! {
+            r = tokio::time::timeout(self.delivery_wait, all) => r.ok(),
+            _ = self.shutdown.cancelled() => None,
+        };
+        let Some(results) = results else {
+            for id in ids {
+                waiters.forget(*id);
+            }
+            return Answer::Refused(
+                AckCode::AE,
+                AckError {
+                    code: ErrorCode::ApplicationInternalError,
+                    location: None,
+                    text: format!(
+                        "not delivered within {} s; it stays queued and will be delivered",
+                        self.delivery_wait.as_secs()
+                    ),
+                    severity: Severity::Error,
+                },
+            );
+        };
+        let finished: Vec<Finished> = results.into_iter().filter_map(Result::ok).collect();
+        // Pass-through: one destination's own answer, accept or reject, goes back as it is.
+        if let [Finished::Delivered(ack) | Finished::Failed(Some(ack))] = finished.as_slice() {
+            return Answer::Relay(ack.clone());
+        }
+        if finished.len() == ids.len()
+            && finished.iter().all(|f| matches!(f, Finished::Delivered(_)))
+        {
+            return Answer::Accepted { copies: ids.len() };
+        }
+        Answer::Refused(
+            AckCode::AR,
+            AckError {
+                code: ErrorCode::ApplicationInternalError,
+                location: None,
+                text: "a destination rejected the message".into(),
+                severity: Severity::Error,
+            },
+        )
+    }
+
+    async fn process_memory(
+        &self,
+        queues: &[DestinationHandle],
+        msg: &Message,
+        env: &Envelope,
+    ) -> Answer {
+        let p = &self.pipeline;
+        let routed = p.route(&self.listener, env, msg);
+        if routed.copies.is_empty() {
+            return self.unrouted_answer(env);
+        }
+        let bytes = msg.encode();
+        let control_id: Arc<str> = msg.control_id().unwrap_or_default().into();
+        let message_type: Arc<str> = env.message_type.as_str().into();
+        let received = Instant::now();
+        for (route, d) in &routed.copies {
+            let dest = &queues[*d];
+            let delivery = Delivery {
+                message: bytes.clone(),
+                control_id: control_id.clone(),
+                message_type: message_type.clone(),
+                route: route.clone(),
+                received,
+            };
+            let queued = tokio::select! {
+                biased;
+                r = dest.enqueue(delivery) => r.is_ok(),
+                _ = self.shutdown.cancelled() => false,
+            };
+            if !queued {
+                // Copies already queued for other destinations will still go out: the
+                // sender resends on AE, which is at-least-once, never loss.
+                return Answer::Refused(
+                    AckCode::AE,
+                    AckError {
+                        code: ErrorCode::ApplicationInternalError,
+                        location: None,
+                        text: format!(
+                            "engine is shutting down; destination {} did not take the message, resend it",
+                            dest.name()
+                        ),
+                        severity: Severity::Error,
+                    },
+                );
             }
         }
         Answer::Accepted {
-            routes: routes.len(),
+            copies: routed.copies.len(),
         }
     }
 }

@@ -9,11 +9,15 @@ use std::time::Duration;
 
 use support::*;
 
-fn config(dest: SocketAddr, queue_capacity: usize, extra_dest: &str) -> String {
+/// `store`: false runs with the bounded in-memory queues (where backpressure applies).
+fn config(dest: SocketAddr, queue_capacity: usize, store: bool) -> String {
     format!(
         r#"
 [engine]
 shutdown_grace = "5s"
+
+[store]
+enabled = {store}
 
 [[listener]]
 name = "in"
@@ -25,7 +29,7 @@ address = "{dest}"
 ack_timeout = "2s"
 connect_timeout = "1s"
 queue_capacity = {queue_capacity}
-retry = {{ initial = "100ms", max = "400ms" {extra_dest} }}
+retry = {{ initial = "100ms", max = "400ms" }}
 
 [[route]]
 name = "all"
@@ -39,7 +43,7 @@ fn destination_down_then_up_gets_everything_in_order() {
     let tmp = tempfile::tempdir().unwrap();
     let port = free_port();
     let dest: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-    let (engine, addr) = start_engine(tmp.path(), &config(dest, 100, ""), "in");
+    let (engine, addr) = start_engine(tmp.path(), &config(dest, 100, true), "in");
     let mut c = Mllp::connect(addr);
     let sent: Vec<_> = (1..=5).map(|i| adt(&format!("DOWN{i}"))).collect();
     for (i, m) in sent.iter().enumerate() {
@@ -60,7 +64,7 @@ fn a_full_queue_slows_the_sender_instead_of_dropping() {
     let tmp = tempfile::tempdir().unwrap();
     let port = free_port();
     let dest: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-    let (_engine, addr) = start_engine(tmp.path(), &config(dest, 2, ""), "in");
+    let (_engine, addr) = start_engine(tmp.path(), &config(dest, 2, false), "in");
     let mut c = Mllp::connect(addr);
     // One message is being retried by the worker and two wait in the queue...
     for i in 1..=3 {
@@ -91,7 +95,7 @@ fn ae_is_retried_and_ar_is_not() {
     std::fs::create_dir_all(&out).unwrap();
     let port = free_port();
     let (mut nak, dest) = standin("emr-ae", &out, port, &["--ack", "AE"]);
-    let (engine, addr) = start_engine(tmp.path(), &config(dest, 10, ""), "in");
+    let (engine, addr) = start_engine(tmp.path(), &config(dest, 10, true), "in");
     let mut c = Mllp::connect(addr);
     assert_eq!(field(&c.request(&adt("AE1")), "MSA", 1), "AA");
     // The AE stand-in stores each attempt: wait for two, proving the retry.
@@ -115,7 +119,7 @@ fn ae_is_retried_and_ar_is_not() {
     let out = tmp.path().join("emr");
     std::fs::create_dir_all(&out).unwrap();
     let (_ar, dest) = standin("emr-ar", &out, 0, &["--ack", "AR"]);
-    let (engine, addr) = start_engine(tmp.path(), &config(dest, 10, ""), "in");
+    let (engine, addr) = start_engine(tmp.path(), &config(dest, 10, true), "in");
     let mut c = Mllp::connect(addr);
     assert_eq!(field(&c.request(&adt("AR1")), "MSA", 1), "AA");
     engine.wait_line(Duration::from_secs(10), |l| {
@@ -157,7 +161,7 @@ fn a_mismatched_msa2_never_counts_as_delivered() {
         received
     });
     let tmp = tempfile::tempdir().unwrap();
-    let (engine, addr) = start_engine(tmp.path(), &config(dest, 10, ""), "in");
+    let (engine, addr) = start_engine(tmp.path(), &config(dest, 10, true), "in");
     let mut c = Mllp::connect(addr);
     assert_eq!(field(&c.request(&adt("MM1")), "MSA", 1), "AA");
     engine.wait_line(Duration::from_secs(20), |l| {
@@ -175,7 +179,7 @@ fn sigterm_finishes_the_queue_and_exits_cleanly() {
     let out = tmp.path().join("emr");
     std::fs::create_dir_all(&out).unwrap();
     let (_emr, dest) = standin("emr", &out, 0, &[]);
-    let (mut engine, addr) = start_engine(tmp.path(), &config(dest, 100, ""), "in");
+    let (mut engine, addr) = start_engine(tmp.path(), &config(dest, 100, true), "in");
     let mut c = Mllp::connect(addr);
     let sent: Vec<_> = (1..=20).map(|i| adt(&format!("TERM{i}"))).collect();
     for m in &sent {

@@ -3,6 +3,7 @@
 //! 0 success, 1 the command's own "no" (a NAK, an invalid config), 2 usage or I/O errors.
 
 mod listen;
+mod messages;
 mod parse;
 mod run;
 mod send;
@@ -34,6 +35,9 @@ enum Command {
     Run {
         /// The TOML config file.
         config: PathBuf,
+        /// Keep the message store here instead of where the config says.
+        #[arg(long)]
+        store_dir: Option<PathBuf>,
     },
     /// Validate config files; exits non-zero with the file, line and key of each error.
     Check {
@@ -70,6 +74,17 @@ enum Command {
         #[arg(long, conflicts_with = "paths")]
         json: bool,
     },
+    /// Find, show, resend and retry messages in the store.
+    Messages {
+        /// The engine's config (the store is where it says).
+        #[arg(long, global = true, env = "COURIER_CONFIG")]
+        config: Option<PathBuf>,
+        /// The store directory itself, instead of --config.
+        #[arg(long, global = true)]
+        store_dir: Option<PathBuf>,
+        #[command(subcommand)]
+        command: messages::MessagesCommand,
+    },
     /// A receiver that ACKs every message and prints or stores it: a stand-in EMR or LIS.
     Listen {
         /// Port to listen on (0 picks a free one; the address is printed).
@@ -92,7 +107,7 @@ pub fn main() -> ExitCode {
     let cli = Cli::parse();
     logging::init(cli.log_format, &cli.log_level);
     let result = match cli.command {
-        Command::Run { config } => run::run(&config),
+        Command::Run { config, store_dir } => run::run(&config, store_dir),
         Command::Check { configs } => run::check(&configs),
         Command::Send {
             files,
@@ -101,6 +116,11 @@ pub fn main() -> ExitCode {
             raw,
         } => send::send(&files, &to, timeout, raw),
         Command::Parse { file, paths, json } => parse::parse(&file, &paths, json),
+        Command::Messages {
+            config,
+            store_dir,
+            command,
+        } => messages::messages(config.as_deref(), store_dir, command),
         Command::Listen {
             port,
             bind,

@@ -8,14 +8,17 @@ use courier::config::Config;
 use courier::runtime::Engine;
 
 /// Runs the engine until a signal stops it.
-pub fn run(path: &Path) -> anyhow::Result<ExitCode> {
-    let config = match Config::load(path) {
+pub fn run(path: &Path, store_dir: Option<PathBuf>) -> anyhow::Result<ExitCode> {
+    let mut config = match Config::load(path) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("error: {e}");
             return Ok(ExitCode::from(1));
         }
     };
+    if let Some(dir) = store_dir {
+        config.store.dir = Some(std::path::absolute(dir)?);
+    }
     super::runtime()?.block_on(async {
         let engine = Engine::start(config)
             .await

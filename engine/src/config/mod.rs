@@ -62,6 +62,9 @@ pub struct Config {
     /// Engine-wide settings.
     #[serde(default)]
     pub engine: EngineConfig,
+    /// The message store (journal and durable queues).
+    #[serde(default)]
+    pub store: StoreConfig,
     /// MLLP listeners the engine accepts messages on.
     #[serde(default, rename = "listener")]
     pub listeners: Vec<Spanned<ListenerConfig>>,
@@ -94,6 +97,96 @@ impl Default for EngineConfig {
     }
 }
 
+/// The message store (`[store]`).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StoreConfig {
+    /// `false` runs without a store: ACKs go back once a copy is queued in memory and
+    /// nothing survives a restart (for benchmarks and throwaway tests, never for a clinic).
+    #[serde(default = "defaults::yes")]
+    pub enabled: bool,
+    /// Directory of the store; relative to the config file's directory. Default: a
+    /// directory named after the config file with `.data` (`clinic.toml` → `clinic.data/`).
+    #[serde(default)]
+    pub dir: Option<PathBuf>,
+    /// fsync on every commit (group-committed). Turning it off risks losing acknowledged
+    /// messages on power loss.
+    #[serde(default = "defaults::yes")]
+    pub fsync: bool,
+    /// Delivered messages older than this are pruned; queued and errored ones never are.
+    #[serde(default = "defaults::retention", with = "humantime_serde")]
+    pub retention: Duration,
+    /// How often the pruner runs.
+    #[serde(default = "defaults::prune_interval", with = "humantime_serde")]
+    pub prune_interval: Duration,
+    /// A cap on the store's size in bytes: beyond it new messages get AE, as on a full disk,
+    /// so the store cannot fill a disk it shares. Absent = no cap.
+    #[serde(default)]
+    pub max_size_bytes: Option<u64>,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            dir: None,
+            fsync: true,
+            retention: defaults::retention(),
+            prune_interval: defaults::prune_interval(),
+            max_size_bytes: None,
+        }
+    }
+}
+
+impl Config {
+    /// Where the store lives for this config.
+    pub fn store_dir(&self) -> PathBuf {
+        let base = self
+            .source
+            .parent()
+            .map(FsPath::to_path_buf)
+            .unwrap_or_default();
+        match &self.store.dir {
+            Some(d) if d.is_absolute() => d.clone(),
+            Some(d) => base.join(d),
+            None => {
+                let stem = self
+                    .source
+                    .file_stem()
+                    .map_or("courier".into(), |s| s.to_string_lossy().into_owned());
+                base.join(format!("{stem}.data"))
+            }
+        }
+    }
+}
+
+/// When a listener sends its ACK.
+#[derive(Debug, Default, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum AckPolicy {
+    /// AA/CA once the raw message is durably stored (steps and delivery follow).
+    #[default]
+    AfterStore,
+    /// Once the route steps ran: AE/AR carry filter or transform errors.
+    AfterProcessing,
+    /// Once every destination answered: their verdict is relayed (pass-through).
+    AfterDelivery,
+}
+
+/// How a destination orders deliveries when one fails.
+#[derive(Debug, Default, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum OrderingConfig {
+    /// FIFO: a failing message holds back everything after it.
+    #[default]
+    Strict,
+    /// A failing message waits its retry while later ones flow.
+    SetAside,
+    /// FIFO per key (`order_key`, e.g. the patient's PID-3.1): a failing message holds back
+    /// only the later messages with the same key.
+    ByKey,
+}
+
 /// An MLLP listener (`[[listener]]`).
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -121,6 +214,18 @@ pub struct ListenerConfig {
     /// `reject` (AR with an ERR naming MSH-9).
     #[serde(default)]
     pub unrouted: UnroutedPolicy,
+    /// When the ACK goes back: `after-store` (default), `after-processing` or
+    /// `after-delivery`.
+    #[serde(default)]
+    pub ack_policy: AckPolicy,
+    /// With `after-delivery`: how long to wait for the destinations before answering AE.
+    #[serde(default = "defaults::delivery_wait", with = "humantime_serde")]
+    pub delivery_wait: Duration,
+    /// Duplicate detection: a message with the same MSH-3, MSH-4 and MSH-10 as one received
+    /// within this window is not processed again; the original ACK is replayed. Off when
+    /// absent.
+    #[serde(default, with = "humantime_serde")]
+    pub duplicate_window: Option<Duration>,
 }
 
 /// Segment terminators a listener accepts.
@@ -172,6 +277,12 @@ pub struct DestinationConfig {
     /// Retry schedule for AE, timeouts and connection failures.
     #[serde(default)]
     pub retry: RetryConfig,
+    /// `strict` (default), `set-aside` or `by-key` (needs `order_key`).
+    #[serde(default)]
+    pub ordering: OrderingConfig,
+    /// Path whose value keys the order with `ordering = "by-key"`, e.g. `PID-3.1`.
+    #[serde(default)]
+    pub order_key: Option<Spanned<String>>,
 }
 
 /// Destination transports.
@@ -266,6 +377,18 @@ mod defaults {
     }
     pub fn queue_capacity() -> usize {
         1000
+    }
+    pub fn yes() -> bool {
+        true
+    }
+    pub fn retention() -> Duration {
+        Duration::from_secs(30 * 24 * 3600)
+    }
+    pub fn prune_interval() -> Duration {
+        Duration::from_secs(600)
+    }
+    pub fn delivery_wait() -> Duration {
+        Duration::from_secs(30)
     }
     pub fn retry_initial() -> Duration {
         Duration::from_secs(1)
@@ -429,6 +552,21 @@ impl Validator<'_> {
             }
             if dc.ack_timeout.is_zero() {
                 return Err(self.err(d.span(), key("ack_timeout"), "must be greater than 0"));
+            }
+            match (&dc.ordering, &dc.order_key) {
+                (OrderingConfig::ByKey, None) => {
+                    return Err(self.err(
+                        d.span(),
+                        key("order_key"),
+                        "ordering = \"by-key\" needs order_key, e.g. order_key = \"PID-3.1\"",
+                    ));
+                }
+                (_, Some(k)) => {
+                    if let Err(e) = courier_hl7::Path::parse(k.get_ref()) {
+                        return Err(self.err(k.span(), key("order_key"), e.to_string()));
+                    }
+                }
+                _ => {}
             }
         }
 

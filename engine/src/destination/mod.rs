@@ -1,278 +1,144 @@
-//! Destinations: one worker per destination delivers its queue in order and waits for each
-//! ACK.
+//! Destinations: one worker per destination delivers its queue in order, one message at a
+//! time, and reads each ACK.
 //!
-//! AA/CA = delivered. AE/CE, a timeout, a connection failure, an unreadable ACK or an ACK
-//! whose MSA-2 is not the control id sent = retried after an exponential backoff (the
-//! connection is dropped whenever the stream may be out of step). AR/CR = failed, logged
-//! with the ACK code; the receiver's error text only at debug level, as it may quote patient
-//! data. The queue is bounded: when it is full, whoever enqueues waits, which slows the
-//! listener and so the sender (backpressure) instead of dropping anything.
+//! AA/CA with MSA-2 equal to the control id sent = delivered. AE/CE, a timeout, a connection
+//! failure, an unreadable ACK or an ACK whose MSA-2 is not the control id sent = retried
+//! after an exponential backoff (the connection is dropped whenever the stream may be out of
+//! step). AR/CR = failed (dead letter). The receiver's error text goes to the debug log only:
+//! it may quote patient data.
 //!
-//! The queue lives in memory for now: what is still queued at the end of the shutdown grace
-//! period is logged by control id (durable queues replace this with the store).
+//! [`durable`] works from the store's per-destination queues (the default); [`memory`] from a
+//! bounded channel when the store is off.
 
-use std::sync::Arc;
-use std::time::{Duration, Instant};
+pub mod durable;
+pub mod memory;
+pub mod waiters;
+
+use std::time::Duration;
 
 use bytes::Bytes;
 use courier_hl7::ReceivedAck;
 use courier_mllp::{ClientSettings, MllpClient};
-use tokio::sync::mpsc;
-use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
-use tracing::{Instrument, debug, error, info, info_span, warn};
+use tracing::debug;
 
 use crate::config::{DestinationConfig, RetryConfig};
 
-/// One message on its way to one destination.
-#[derive(Debug, Clone)]
-pub struct Delivery {
-    /// The ER7 bytes to send.
-    pub message: Bytes,
-    /// MSH-10 of the message, which the receiver's MSA-2 must echo.
-    pub control_id: Arc<str>,
-    /// MSH-9 as `code^trigger`, for logs.
-    pub message_type: Arc<str>,
-    /// The route that sent it here.
-    pub route: Arc<str>,
-    /// When the engine received the message.
-    pub received: Instant,
-}
+pub use memory::{Delivery, DestinationHandle, EnqueueError, spawn};
 
-/// The enqueueing end of a destination.
-#[derive(Debug, Clone)]
-pub struct DestinationHandle {
-    name: Arc<str>,
-    tx: mpsc::Sender<Delivery>,
-}
-
-/// Why an enqueue did not happen.
-#[derive(Debug, thiserror::Error)]
-pub enum EnqueueError {
-    /// The destination's worker is gone (the engine is stopping).
-    #[error("destination {destination} is stopped")]
-    Stopped {
-        /// The destination.
-        destination: Arc<str>,
+/// What one attempt to deliver came to.
+#[derive(Debug)]
+pub enum Attempt {
+    /// AA/CA for the control id sent; the receiver's ACK.
+    Delivered(Bytes),
+    /// AR/CR: do not retry.
+    Rejected {
+        /// The receiver's ACK.
+        ack: Bytes,
+        /// Why, without patient data.
+        reason: String,
+    },
+    /// Try again after a backoff.
+    Retry {
+        /// Why, without patient data.
+        reason: String,
     },
 }
 
-impl DestinationHandle {
-    /// The destination's name.
-    pub fn name(&self) -> &Arc<str> {
-        &self.name
-    }
-
-    /// Queues a delivery, waiting while the queue is full.
-    pub async fn enqueue(&self, d: Delivery) -> Result<(), EnqueueError> {
-        self.tx.send(d).await.map_err(|_| EnqueueError::Stopped {
-            destination: self.name.clone(),
-        })
-    }
-
-    /// Messages waiting for this destination (not counting the one being sent).
-    pub fn depth(&self) -> usize {
-        self.tx.max_capacity() - self.tx.capacity()
-    }
+/// The MLLP client for a destination's settings.
+pub fn client_for(cfg: &DestinationConfig) -> MllpClient {
+    MllpClient::new(
+        cfg.address.get_ref().clone(),
+        ClientSettings {
+            connect_timeout: cfg.connect_timeout,
+            max_frame_size: cfg.max_frame_size,
+            ..ClientSettings::default()
+        },
+    )
 }
 
-/// Starts the worker for one destination on `tracker`. The worker delivers until every
-/// handle is dropped and its queue is empty, or until `stop` is cancelled.
-pub fn spawn(
-    cfg: &DestinationConfig,
-    tracker: &TaskTracker,
-    stop: CancellationToken,
-) -> DestinationHandle {
-    let name: Arc<str> = cfg.name.as_str().into();
-    let (tx, rx) = mpsc::channel(cfg.queue_capacity);
-    let worker = Worker {
-        client: MllpClient::new(
-            cfg.address.get_ref().clone(),
-            ClientSettings {
-                connect_timeout: cfg.connect_timeout,
-                max_frame_size: cfg.max_frame_size,
-                ..ClientSettings::default()
-            },
-        ),
-        ack_timeout: cfg.ack_timeout,
-        retry: cfg.retry.clone(),
-        stop,
-    };
-    let span = info_span!("destination", destination = %name, address = %cfg.address.get_ref());
-    tracker.spawn(worker.run(rx).instrument(span));
-    DestinationHandle { name, tx }
-}
-
-struct Worker {
-    client: MllpClient,
+/// Sends one message and reads its ACK.
+pub async fn attempt(
+    client: &mut MllpClient,
+    payload: &[u8],
+    control_id: &str,
     ack_timeout: Duration,
-    retry: RetryConfig,
-    stop: CancellationToken,
-}
-
-enum Attempt {
-    Delivered,
-    Rejected(String),
-    Retry(String),
-}
-
-impl Worker {
-    async fn run(mut self, mut rx: mpsc::Receiver<Delivery>) {
-        loop {
-            let next = tokio::select! {
-                biased;
-                _ = self.stop.cancelled() => None,
-                d = rx.recv() => d,
+) -> Attempt {
+    let reply = match client.request(payload, ack_timeout).await {
+        Ok(reply) => reply,
+        Err(e) => {
+            return Attempt::Retry {
+                reason: e.to_string(),
             };
-            let Some(d) = next else { break };
-            if !self.deliver(&d).await {
-                self.abandon(d, &mut rx);
-                return;
-            }
         }
-        if self.stop.is_cancelled() {
-            self.abandon_rest(&mut rx, 0);
-        }
-    }
-
-    /// Delivers one message; false when stopped before it was done.
-    async fn deliver(&mut self, d: &Delivery) -> bool {
-        let mut backoff = self.retry.initial;
-        let mut attempt: u32 = 0;
-        let stop = self.stop.clone();
-        loop {
-            attempt += 1;
-            let outcome = tokio::select! {
-                biased;
-                _ = stop.cancelled() => return false,
-                o = self.attempt(d) => o,
+    };
+    let ack = match ReceivedAck::parse(&reply) {
+        Ok(ack) => ack,
+        Err(e) => {
+            // We cannot tell what this reply answers: start a fresh connection.
+            client.disconnect();
+            return Attempt::Retry {
+                reason: format!("unreadable ACK: {e}"),
             };
-            match outcome {
-                Attempt::Delivered => {
-                    info!(
-                        route = %d.route,
-                        control_id = %d.control_id,
-                        message_type = %d.message_type,
-                        attempt,
-                        latency_ms = d.received.elapsed().as_millis() as u64,
-                        "delivered"
-                    );
-                    return true;
-                }
-                Attempt::Rejected(reason) => {
-                    error!(
-                        route = %d.route,
-                        control_id = %d.control_id,
-                        message_type = %d.message_type,
-                        attempt,
-                        %reason,
-                        "destination rejected the message; not retrying"
-                    );
-                    return true;
-                }
-                Attempt::Retry(reason) => {
-                    if self.retry.max_attempts.is_some_and(|max| attempt >= max) {
-                        error!(
-                            route = %d.route,
-                            control_id = %d.control_id,
-                            message_type = %d.message_type,
-                            attempt,
-                            %reason,
-                            "delivery failed; retry.max_attempts reached, giving up"
-                        );
-                        return true;
-                    }
-                    warn!(
-                        route = %d.route,
-                        control_id = %d.control_id,
-                        attempt,
-                        retry_in_ms = backoff.as_millis() as u64,
-                        %reason,
-                        "delivery failed; will retry"
-                    );
-                    tokio::select! {
-                        biased;
-                        _ = stop.cancelled() => return false,
-                        _ = tokio::time::sleep(backoff) => {}
-                    }
-                    backoff = (backoff * 2).min(self.retry.max);
-                }
-            }
         }
-    }
-
-    async fn attempt(&mut self, d: &Delivery) -> Attempt {
-        let reply = match self.client.request(&d.message, self.ack_timeout).await {
-            Ok(reply) => reply,
-            Err(e) => return Attempt::Retry(e.to_string()),
-        };
-        let ack = match ReceivedAck::parse(&reply) {
-            Ok(ack) => ack,
-            Err(e) => {
-                // We cannot tell what this reply answers: start a fresh connection.
-                self.client.disconnect();
-                return Attempt::Retry(format!("unreadable ACK: {e}"));
-            }
-        };
-        if ack.control_id != *d.control_id {
-            self.client.disconnect();
-            return Attempt::Retry(format!(
+    };
+    if ack.control_id != control_id {
+        client.disconnect();
+        return Attempt::Retry {
+            reason: format!(
                 "ACK MSA-2 `{}` does not match the control id sent",
                 ack.control_id
-            ));
-        }
-        // The receiver's error texts may quote patient data: they go to the debug log only,
-        // and the default log carries the ACK code.
-        let reason = || {
-            if ack.text.is_some() || !ack.errors.is_empty() {
-                debug!(
-                    control_id = %d.control_id,
-                    ack = ack.code.as_str(),
-                    text = ?ack.text,
-                    errors = ?ack.errors,
-                    "receiver's acknowledgement text"
-                );
-            }
-            format!(
-                "{} from the receiver (its error text is logged at debug level)",
-                ack.code.as_str()
-            )
+            ),
         };
-        if ack.code.is_accept() {
-            Attempt::Delivered
-        } else if ack.code.is_reject() {
-            Attempt::Rejected(reason())
-        } else {
-            Attempt::Retry(reason())
-        }
     }
-
-    fn abandon(&self, current: Delivery, rx: &mut mpsc::Receiver<Delivery>) {
-        warn!(
-            route = %current.route,
-            control_id = %current.control_id,
-            "stopping with this message undelivered"
+    if ack.code.is_accept() {
+        return Attempt::Delivered(reply);
+    }
+    // The receiver's error texts may quote patient data: they go to the debug log only, and
+    // the default log carries the ACK code.
+    if ack.text.is_some() || !ack.errors.is_empty() {
+        debug!(
+            %control_id,
+            ack = ack.code.as_str(),
+            text = ?ack.text,
+            errors = ?ack.errors,
+            "receiver's acknowledgement text"
         );
-        self.abandon_rest(rx, 1);
     }
+    let reason = format!(
+        "{} from the receiver (its error text is logged at debug level)",
+        ack.code.as_str()
+    );
+    if ack.code.is_reject() {
+        Attempt::Rejected { ack: reply, reason }
+    } else {
+        Attempt::Retry { reason }
+    }
+}
 
-    fn abandon_rest(&self, rx: &mut mpsc::Receiver<Delivery>, already: usize) {
-        rx.close();
-        let mut ids = Vec::new();
-        let mut count = 0usize;
-        while let Ok(d) = rx.try_recv() {
-            count += 1;
-            // Enough ids to find the messages; the count says how many there were.
-            if ids.len() < 100 {
-                ids.push(d.control_id);
-            }
-        }
-        if count + already > 0 {
-            warn!(
-                undelivered = count + already,
-                control_ids = %ids.join(","),
-                "shutdown grace period over; queued messages were not delivered"
-            );
-        }
+/// The wait after a failure, given the previous wait.
+pub fn next_backoff(previous: Duration, retry: &RetryConfig) -> Duration {
+    (previous * 2).min(retry.max)
+}
+
+/// The wait before attempt `attempts + 1`, after `attempts` failures.
+pub fn backoff_after(attempts: u32, retry: &RetryConfig) -> Duration {
+    let factor = 2u32.saturating_pow(attempts.saturating_sub(1).min(30));
+    retry.initial.saturating_mul(factor).min(retry.max)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_up_to_the_max() {
+        let r = RetryConfig {
+            initial: Duration::from_millis(100),
+            max: Duration::from_secs(1),
+            max_attempts: None,
+        };
+        let waits: Vec<_> = (1..=6).map(|a| backoff_after(a, &r).as_millis()).collect();
+        assert_eq!(waits, [100, 200, 400, 800, 1000, 1000]);
+        assert_eq!(backoff_after(u32::MAX, &r), Duration::from_secs(1));
     }
 }
