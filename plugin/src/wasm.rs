@@ -1,0 +1,846 @@
+//! WASM component steps: the host side of `wit/plugin.wit`, on wasmtime 48.
+//!
+//! One [`WasmRuntime`] per engine holds the shared `wasmtime::Engine` (pooling allocator,
+//! epoch interruption), the linker (WASI preview 2 plus Courier's `host` interface) and the
+//! thread that ticks the epoch. [`WasmRuntime::load`] compiles a plugin once (or takes it from
+//! the on-disk cache), checks that it is a Courier transform or filter, and pre-links it
+//! (`InstancePre`). Each message then gets a fresh store and instance with a CPU deadline and
+//! a memory cap ([`WasmLimits`]), and nothing of the store outlives the call.
+//!
+//! The message crosses as its ER7 bytes (see `docs/plugins.md` for why): copied in once,
+//! parsed by the guest with the same `courier-hl7` code, and copied back only when changed.
+//!
+//! Submodules: `bindings` (generated from the WIT), `sandbox` (store data, WASI context,
+//! limiter, output capture), `cache` (compiled artefacts on disk).
+
+mod bindings;
+mod cache;
+mod sandbox;
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::mpsc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use courier_hl7::Message;
+use sha2::{Digest, Sha256};
+use wasmtime::component::{Component, HasSelf, Linker};
+use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store, Trap};
+
+use crate::step::{Outcome, Step, StepContext, StepError, StepErrorKind, redact};
+use bindings::{filter, host, transform};
+use sandbox::HostState;
+pub use sandbox::{LogLevel, LogLine, LogSource};
+
+/// How the shared runtime is set up; one per engine.
+#[derive(Debug, Clone)]
+pub struct WasmRuntimeConfig {
+    /// Where compiled plugins are kept between runs (e.g. `<data dir>/plugin-cache`); `None`
+    /// compiles every plugin at every load. The directory must be the engine's own: its files
+    /// are loaded as machine code.
+    pub cache_dir: Option<PathBuf>,
+    /// How often the epoch ticks: the granularity of plugin deadlines. Default 5 ms.
+    pub epoch_tick: Duration,
+    /// How many plugin instances may exist at once, over all plugins: the size of the pooling
+    /// allocator's pool (virtual address space is reserved for each). A call beyond it fails
+    /// with an error naming this limit. Default 256.
+    pub max_instances: u32,
+    /// The largest memory cap a plugin may be given (each pool slot's size). Default 1 GiB.
+    pub max_memory: u64,
+}
+
+impl Default for WasmRuntimeConfig {
+    fn default() -> Self {
+        WasmRuntimeConfig {
+            cache_dir: None,
+            epoch_tick: Duration::from_millis(5),
+            max_instances: 256,
+            max_memory: 1 << 30,
+        }
+    }
+}
+
+/// What a plugin may do during one call.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WasmLimits {
+    /// CPU deadline per call (checked at every loop and call in the guest). Default 100 ms.
+    pub deadline: Duration,
+    /// Linear memory cap per instance, in bytes. Default 64 MiB.
+    pub memory: u64,
+    /// Capabilities granted beyond the Courier interface; none by default.
+    pub grants: Grants,
+}
+
+impl Default for WasmLimits {
+    fn default() -> Self {
+        WasmLimits {
+            deadline: Duration::from_millis(100),
+            memory: 64 << 20,
+            grants: Grants::default(),
+        }
+    }
+}
+
+/// WASI capabilities a route grants a plugin. The default grants nothing: no environment, no
+/// directories, a clock frozen at the Unix epoch, a fixed "random" sequence, no network.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Grants {
+    /// Environment variables the plugin sees (only these; the engine's own are never passed).
+    pub env: Vec<(String, String)>,
+    /// Host directories the plugin may open.
+    pub dirs: Vec<DirGrant>,
+    /// The real wall and monotonic clocks (and sleeping up to the deadline).
+    pub clock: bool,
+    /// Real randomness.
+    pub random: bool,
+    /// Sockets. Refused at load: the plugin host does no network I/O.
+    pub network: bool,
+}
+
+/// A host directory made visible to a plugin.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DirGrant {
+    /// The directory on the host.
+    pub host: PathBuf,
+    /// Where the plugin sees it, e.g. `/data`.
+    pub guest: String,
+    /// Whether the plugin may only read.
+    pub read_only: bool,
+}
+
+/// Why the runtime could not be set up.
+#[derive(Debug, thiserror::Error)]
+#[error("the WASM plugin runtime could not be set up: {message}")]
+pub struct RuntimeError {
+    /// What failed.
+    pub message: String,
+}
+
+/// Why a plugin was refused at load; every variant names the file.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    /// The file could not be read.
+    #[error("plugin {file}: cannot read it: {source}")]
+    Read {
+        /// The plugin file.
+        file: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// The file is not WebAssembly at all (or was half written).
+    #[error("plugin {file}: not a WebAssembly file")]
+    NotWasm {
+        /// The plugin file.
+        file: PathBuf,
+    },
+    /// A core WebAssembly module: plugins must be components (build with
+    /// `--target wasm32-wasip2`).
+    #[error(
+        "plugin {file}: a core WebAssembly module, not a component; build it with `cargo build --target wasm32-wasip2` against courier-plugin-sdk"
+    )]
+    NotAComponent {
+        /// The plugin file.
+        file: PathBuf,
+    },
+    /// The component did not compile (invalid or unsupported WebAssembly).
+    #[error("plugin {file}: does not compile: {message}")]
+    Compile {
+        /// The plugin file.
+        file: PathBuf,
+        /// The compiler's reason.
+        message: String,
+    },
+    /// The component imports something Courier does not provide (another WIT, or a newer
+    /// version of Courier's).
+    #[error("plugin {file}: needs imports Courier does not provide: {message}")]
+    Link {
+        /// The plugin file.
+        file: PathBuf,
+        /// What is missing.
+        message: String,
+    },
+    /// The component exports neither Courier's `transform` nor `filter`.
+    #[error(
+        "plugin {file}: does not implement courier:plugin@0.1.0 (expected an export `transform` or `filter`; it exports {exports})"
+    )]
+    WrongInterface {
+        /// The plugin file.
+        file: PathBuf,
+        /// What it exports instead, comma-separated.
+        exports: String,
+    },
+    /// The component failed to instantiate (e.g. it traps in its start function).
+    #[error("plugin {file}: fails to start: {message}")]
+    Instantiate {
+        /// The plugin file.
+        file: PathBuf,
+        /// Why.
+        message: String,
+    },
+    /// The limits or grants asked for cannot be given.
+    #[error("plugin {file}: {message}")]
+    Limits {
+        /// The plugin file.
+        file: PathBuf,
+        /// Which limit or grant, and why.
+        message: String,
+    },
+}
+
+/// The shared WASM runtime: one engine, one linker and one epoch ticker for all plugins.
+/// Cheap to clone; the ticker stops when the runtime and every plugin loaded from it are gone.
+#[derive(Clone)]
+pub struct WasmRuntime {
+    inner: Arc<RuntimeInner>,
+}
+
+struct RuntimeInner {
+    engine: Engine,
+    linker: Linker<HostState>,
+    cache_dir: Option<PathBuf>,
+    compat: u64,
+    tick: Duration,
+    max_instances: u32,
+    max_memory: u64,
+    ticker: Option<Ticker>,
+}
+
+struct Ticker {
+    /// Dropping the sender wakes the thread and ends it.
+    stop: Option<mpsc::Sender<()>>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Drop for RuntimeInner {
+    fn drop(&mut self) {
+        if let Some(t) = &mut self.ticker {
+            t.stop.take();
+            if let Some(thread) = t.thread.take() {
+                let _ = thread.join();
+            }
+        }
+    }
+}
+
+impl fmt::Debug for WasmRuntime {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("WasmRuntime")
+            .field("cache_dir", &self.inner.cache_dir)
+            .field("epoch_tick", &self.inner.tick)
+            .field("max_instances", &self.inner.max_instances)
+            .finish_non_exhaustive()
+    }
+}
+
+impl WasmRuntime {
+    /// Sets up the engine, the linker and the epoch ticker.
+    pub fn new(config: WasmRuntimeConfig) -> Result<WasmRuntime, RuntimeError> {
+        let err = |message: String| RuntimeError { message };
+        if config.epoch_tick.is_zero() {
+            return Err(err("epoch_tick must be more than zero".into()));
+        }
+        let max_memory = usize::try_from(config.max_memory)
+            .map_err(|_| err(format!("max_memory {} is too large", config.max_memory)))?;
+        let n = config.max_instances.max(1);
+        let mut pool = PoolingAllocationConfig::new();
+        // A Rust component is a handful of core instances (the program, the canonical-ABI
+        // shims) with one memory and a few tables.
+        pool.total_component_instances(n)
+            .total_core_instances(n.saturating_mul(8))
+            .total_memories(n.saturating_mul(2))
+            .total_tables(n.saturating_mul(8))
+            .total_stacks(n)
+            .max_memory_size(max_memory)
+            // Reset a slot's first MiB with memset rather than madvise: a plugin's stack and
+            // small heap live there, and re-faulting them on every message costs more.
+            .linear_memory_keep_resident(1 << 20)
+            .table_keep_resident(1 << 16);
+        let mut cfg = Config::new();
+        cfg.epoch_interruption(true)
+            .allocation_strategy(InstanceAllocationStrategy::Pooling(pool))
+            .wasm_component_model(true);
+        let engine = Engine::new(&cfg).map_err(|e| err(format!("{e:#}")))?;
+
+        let mut linker: Linker<HostState> = Linker::new(&engine);
+        wasmtime_wasi::p2::add_to_linker_sync(&mut linker).map_err(|e| err(format!("{e:#}")))?;
+        sandbox::cap_sleeps(&mut linker).map_err(|e| err(format!("{e:#}")))?;
+        host::add_to_linker::<HostState, HasSelf<HostState>>(&mut linker, |s| s)
+            .map_err(|e| err(format!("{e:#}")))?;
+
+        let ticker = start_ticker(&engine, config.epoch_tick).map_err(err)?;
+        Ok(WasmRuntime {
+            inner: Arc::new(RuntimeInner {
+                compat: cache::compatibility_hash(&engine),
+                engine,
+                linker,
+                cache_dir: config.cache_dir,
+                tick: config.epoch_tick,
+                max_instances: n,
+                max_memory: config.max_memory,
+                ticker: Some(ticker),
+            }),
+        })
+    }
+
+    /// Loads a plugin: see [`WasmPlugin::load`].
+    pub fn load(&self, path: &Path, limits: WasmLimits) -> Result<WasmPlugin, LoadError> {
+        WasmPlugin::load(self, path, limits)
+    }
+
+    /// The shared wasmtime engine (pooling allocator, epoch interruption), e.g. for metrics or
+    /// for benchmarks that link components of their own.
+    pub fn engine(&self) -> &Engine {
+        &self.inner.engine
+    }
+
+    /// Where `bytes` would be cached, if there is a cache directory (for tests and tooling).
+    pub fn cache_path_for(&self, bytes: &[u8]) -> Option<PathBuf> {
+        let dir = self.inner.cache_dir.as_deref()?;
+        Some(cache::artefact_path(
+            dir,
+            &hex(&sha256(bytes)),
+            self.inner.compat,
+        ))
+    }
+}
+
+fn start_ticker(engine: &Engine, tick: Duration) -> Result<Ticker, String> {
+    let (stop, stopped) = mpsc::channel::<()>();
+    // A weak handle, so the ticker never keeps the engine alive on its own.
+    let weak = engine.weak();
+    let thread = std::thread::Builder::new()
+        .name("courier-wasm-epoch".into())
+        .spawn(move || {
+            while let Err(mpsc::RecvTimeoutError::Timeout) = stopped.recv_timeout(tick) {
+                match weak.upgrade() {
+                    Some(engine) => engine.increment_epoch(),
+                    None => break,
+                }
+            }
+        })
+        .map_err(|e| format!("cannot start the epoch thread: {e}"))?;
+    Ok(Ticker {
+        stop: Some(stop),
+        thread: Some(thread),
+    })
+}
+
+/// Whether a plugin is a transform or a filter (which world it implements).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PluginKind {
+    /// Exports `transform`: may change or drop the message.
+    Transform,
+    /// Exports `filter`: keeps or drops the message, never changes it.
+    Filter,
+}
+
+enum Pre {
+    Transform(transform::TransformStepPre<HostState>),
+    Filter(filter::FilterStepPre<HostState>),
+}
+
+/// A compiled, pre-linked plugin, ready to run once per message on a fresh instance.
+pub struct WasmPlugin {
+    name: String,
+    hash: [u8; 32],
+    hash_hex: String,
+    pre: Pre,
+    limits: WasmLimits,
+    deadline_ticks: u64,
+    from_cache: bool,
+    runtime: Arc<RuntimeInner>,
+}
+
+impl fmt::Debug for WasmPlugin {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("WasmPlugin")
+            .field("name", &self.name)
+            .field("content_hash", &self.hash_hex)
+            .field("kind", &self.kind())
+            .field("limits", &self.limits)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What one call did: the step's result and the lines it logged (already redacted).
+#[derive(Debug, Clone)]
+pub struct CallReport {
+    /// The step's result, as [`Step::run`] returns it.
+    pub result: Result<Outcome, StepError>,
+    /// Log lines from the host log, stdout and stderr, redacted and bounded.
+    pub logs: Vec<LogLine>,
+}
+
+impl WasmPlugin {
+    /// Reads, checks, compiles (or takes from the runtime's cache) and pre-links the plugin at
+    /// `path`, and instantiates it once to prove it starts.
+    ///
+    /// Refused, with the file named: an unreadable file, anything but a WebAssembly component,
+    /// a component that imports what Courier does not provide or exports neither `transform`
+    /// nor `filter`, one that traps while starting, limits above the runtime's maximum, and a
+    /// network grant.
+    pub fn load(
+        runtime: &WasmRuntime,
+        path: &Path,
+        limits: WasmLimits,
+    ) -> Result<WasmPlugin, LoadError> {
+        let rt = &runtime.inner;
+        let file = path.to_path_buf();
+        let bytes = std::fs::read(path).map_err(|source| LoadError::Read {
+            file: file.clone(),
+            source,
+        })?;
+        check_header(&bytes, &file)?;
+        let limit_err = |message: String| LoadError::Limits {
+            file: file.clone(),
+            message,
+        };
+        if limits.grants.network {
+            return Err(limit_err(
+                "network access cannot be granted: the plugin host does no network I/O".into(),
+            ));
+        }
+        if limits.memory > rt.max_memory {
+            return Err(limit_err(format!(
+                "memory limit {} bytes is above the runtime's max_memory = {}",
+                limits.memory, rt.max_memory
+            )));
+        }
+        if limits.deadline.is_zero() {
+            return Err(limit_err("the deadline must be more than zero".into()));
+        }
+
+        let hash = sha256(&bytes);
+        let hash_hex = hex(&hash);
+        let (component, from_cache) = cache::load_or_compile(
+            &rt.engine,
+            &bytes,
+            &hash_hex,
+            rt.cache_dir.as_deref(),
+            rt.compat,
+        )
+        .map_err(|e| LoadError::Compile {
+            file: file.clone(),
+            message: format!("{e:#}"),
+        })?;
+
+        let instance_pre = rt
+            .linker
+            .instantiate_pre(&component)
+            .map_err(|e| LoadError::Link {
+                file: file.clone(),
+                message: format!("{e:#}"),
+            })?;
+        let pre = match transform::TransformStepPre::new(instance_pre.clone()) {
+            Ok(p) => Pre::Transform(p),
+            Err(_) => match filter::FilterStepPre::new(instance_pre) {
+                Ok(p) => Pre::Filter(p),
+                Err(_) => {
+                    return Err(LoadError::WrongInterface {
+                        file,
+                        exports: export_names(&rt.engine, &component),
+                    });
+                }
+            },
+        };
+
+        // Ticks until the deadline: rounded up, plus one because the current tick may be about
+        // to end. A call is stopped between `deadline` and `deadline + tick`.
+        let tick = rt.tick.as_nanos().max(1);
+        let deadline_ticks =
+            u64::try_from(limits.deadline.as_nanos().div_ceil(tick)).unwrap_or(u64::MAX / 2) + 1;
+        let plugin = WasmPlugin {
+            name: path
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_else(|| path.display().to_string()),
+            hash,
+            hash_hex,
+            pre,
+            limits,
+            deadline_ticks,
+            from_cache,
+            runtime: Arc::clone(rt),
+        };
+        plugin
+            .smoke_instantiate()
+            .map_err(|message| LoadError::Instantiate {
+                file: file.clone(),
+                message,
+            })?;
+        Ok(plugin)
+    }
+
+    /// The plugin's file name, for logs and the store.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// SHA-256 of the plugin's bytes (the hex form is [`Step::content_hash`]).
+    pub fn bytes_hash(&self) -> &[u8; 32] {
+        &self.hash
+    }
+
+    /// Transform or filter.
+    pub fn kind(&self) -> PluginKind {
+        match self.pre {
+            Pre::Transform(_) => PluginKind::Transform,
+            Pre::Filter(_) => PluginKind::Filter,
+        }
+    }
+
+    /// Whether the compiled code came from the cache (no compilation at this load).
+    pub fn from_cache(&self) -> bool {
+        self.from_cache
+    }
+
+    /// The limits and grants every call runs under.
+    pub fn limits(&self) -> &WasmLimits {
+        &self.limits
+    }
+
+    /// Runs the plugin on one message, like [`Step::run`], and also returns what it logged
+    /// (redacted) instead of sending it to `tracing`.
+    pub fn run_with_logs(&self, msg: &mut Message, ctx: &StepContext) -> CallReport {
+        let mut store = match self.new_store(ctx) {
+            Ok(s) => s,
+            Err(message) => {
+                return CallReport {
+                    result: Err(self.error(StepErrorKind::Failed, message)),
+                    logs: Vec::new(),
+                };
+            }
+        };
+        let input = transform::courier::plugin::types::Hl7Message {
+            bytes: msg.encode().to_vec(),
+            default_charset: msg.charset().hl7_name().to_owned(),
+        };
+        let (result, output) = match &self.pre {
+            Pre::Transform(pre) => self.call_transform(pre, &mut store, &input, msg),
+            Pre::Filter(pre) => {
+                let input = filter::courier::plugin::types::Hl7Message {
+                    bytes: input.bytes,
+                    default_charset: input.default_charset,
+                };
+                (self.call_filter(pre, &mut store, &input), None)
+            }
+        };
+        // Redact against the message as it came in and, if the plugin changed it, as it goes
+        // out (a plugin that upper-cases a name may log the upper-cased form).
+        let redact_all = |text: &str| {
+            let once = redact(text, msg);
+            match &output {
+                Some(out) => redact(&once, out),
+                None => once,
+            }
+        };
+        let result = result.map_err(|mut e| {
+            e.message = redact_all(&e.message);
+            e
+        });
+        let result = match result {
+            Ok(Outcome::Drop { reason }) => Ok(Outcome::Drop {
+                reason: redact_all(&reason),
+            }),
+            other => other,
+        };
+        let logs = collect_logs(store.data_mut(), &redact_all);
+        drop(store);
+        if let (Ok(_), Some(out)) = (&result, output) {
+            *msg = out;
+        }
+        CallReport { result, logs }
+    }
+
+    fn new_store(&self, ctx: &StepContext) -> Result<Store<HostState>, String> {
+        let data = HostState::new(
+            &self.limits,
+            self.runtime.tick,
+            Arc::clone(&ctx.settings),
+            Arc::clone(&ctx.tables),
+        )?;
+        let mut store = Store::new(&self.runtime.engine, data);
+        store.limiter(|s| &mut s.limiter);
+        store.set_epoch_deadline(self.deadline_ticks);
+        store.epoch_deadline_trap();
+        Ok(store)
+    }
+
+    /// One instantiation without a call, at load: proves the component links and starts.
+    fn smoke_instantiate(&self) -> Result<(), String> {
+        let mut store = self.new_store(&StepContext::default())?;
+        let outcome = match &self.pre {
+            Pre::Transform(pre) => pre.instantiate(&mut store).map(|_| ()),
+            Pre::Filter(pre) => pre.instantiate(&mut store).map(|_| ()),
+        };
+        outcome.map_err(|e| self.classify(&e, &store).1)
+    }
+
+    fn call_transform(
+        &self,
+        pre: &transform::TransformStepPre<HostState>,
+        store: &mut Store<HostState>,
+        input: &transform::courier::plugin::types::Hl7Message,
+        msg: &Message,
+    ) -> (Result<Outcome, StepError>, Option<Message>) {
+        use transform::courier::plugin::types::Outcome as Wit;
+        let called = pre
+            .instantiate(&mut *store)
+            .and_then(|plugin| plugin.call_transform(&mut *store, input));
+        match called {
+            Err(e) => {
+                let (kind, message) = self.classify(&e, store);
+                (Err(self.error(kind, message)), None)
+            }
+            Ok(Err(reason)) => (Err(self.error(StepErrorKind::Failed, reason)), None),
+            Ok(Ok(Wit::Drop(reason))) => (Ok(Outcome::Drop { reason }), None),
+            Ok(Ok(Wit::Keep(None))) => (Ok(Outcome::Keep), None),
+            Ok(Ok(Wit::Keep(Some(bytes)))) => match Message::parse_with(bytes, msg.options()) {
+                Ok(out) => (Ok(Outcome::Keep), Some(out)),
+                Err(e) => (
+                    Err(self.error(
+                        StepErrorKind::BadOutput,
+                        format!("the plugin returned bytes that are not an HL7 message: {e}"),
+                    )),
+                    None,
+                ),
+            },
+        }
+    }
+
+    fn call_filter(
+        &self,
+        pre: &filter::FilterStepPre<HostState>,
+        store: &mut Store<HostState>,
+        input: &filter::courier::plugin::types::Hl7Message,
+    ) -> Result<Outcome, StepError> {
+        use filter::courier::plugin::types::Verdict;
+        let called = pre
+            .instantiate(&mut *store)
+            .and_then(|plugin| plugin.call_filter(&mut *store, input));
+        match called {
+            Err(e) => {
+                let (kind, message) = self.classify(&e, store);
+                Err(self.error(kind, message))
+            }
+            Ok(Err(reason)) => Err(self.error(StepErrorKind::Failed, reason)),
+            Ok(Ok(Verdict::Keep)) => Ok(Outcome::Keep),
+            Ok(Ok(Verdict::Drop(reason))) => Ok(Outcome::Drop { reason }),
+        }
+    }
+
+    /// Names what stopped a call: the limiter's and the trap's own state first, text last.
+    fn classify(&self, e: &wasmtime::Error, store: &Store<HostState>) -> (StepErrorKind, String) {
+        let trap = e.downcast_ref::<Trap>().copied();
+        if trap == Some(Trap::Interrupt) {
+            return (
+                StepErrorKind::Timeout {
+                    limit: self.limits.deadline,
+                },
+                format!(
+                    "the plugin ran past its deadline of {} ms",
+                    self.limits.deadline.as_millis()
+                ),
+            );
+        }
+        if let Some(asked) = store.data().limiter.refused {
+            return (
+                StepErrorKind::MemoryLimit {
+                    limit: self.limits.memory,
+                },
+                format!(
+                    "the plugin needed more memory than its limit of {} bytes (it asked for {asked} in all)",
+                    self.limits.memory
+                ),
+            );
+        }
+        if let Some(exit) = e.downcast_ref::<wasmtime_wasi::I32Exit>() {
+            return (
+                StepErrorKind::Trap,
+                format!("the plugin exited with status {}", exit.0),
+            );
+        }
+        if e.is::<wasmtime::PoolConcurrencyLimitError>() {
+            return (
+                StepErrorKind::Failed,
+                format!(
+                    "too many plugin instances at once (max_instances = {})",
+                    self.runtime.max_instances
+                ),
+            );
+        }
+        match trap {
+            Some(Trap::StackOverflow) => (
+                StepErrorKind::Trap,
+                "the plugin overflowed its stack (wasm trap: call stack exhausted)".into(),
+            ),
+            Some(trap) => {
+                let panic = store
+                    .data()
+                    .stderr_peek_panic()
+                    .map(|p| format!(" ({p})"))
+                    .unwrap_or_default();
+                (StepErrorKind::Trap, format!("{trap}{panic}"))
+            }
+            None => (StepErrorKind::Trap, format!("{e}")),
+        }
+    }
+
+    fn error(&self, kind: StepErrorKind, message: String) -> StepError {
+        StepError {
+            step: self.name.clone(),
+            kind,
+            message,
+        }
+    }
+}
+
+impl Step for WasmPlugin {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn content_hash(&self) -> &str {
+        &self.hash_hex
+    }
+
+    fn run(&self, msg: &mut Message, ctx: &StepContext) -> Result<Outcome, StepError> {
+        let started = Instant::now();
+        let report = self.run_with_logs(msg, ctx);
+        for line in &report.logs {
+            emit(self, ctx, line);
+        }
+        tracing::debug!(
+            route = %ctx.route,
+            control_id = %ctx.control_id,
+            plugin = %self.name,
+            elapsed_us = started.elapsed().as_micros() as u64,
+            ok = report.result.is_ok(),
+            "wasm step"
+        );
+        report.result
+    }
+}
+
+fn emit(plugin: &WasmPlugin, ctx: &StepContext, line: &LogLine) {
+    let source = match line.source {
+        LogSource::Host => "log",
+        LogSource::Stdout => "stdout",
+        LogSource::Stderr => "stderr",
+        LogSource::Engine => "engine",
+    };
+    macro_rules! at {
+        ($level:ident) => {
+            tracing::$level!(
+                route = %ctx.route,
+                control_id = %ctx.control_id,
+                plugin = %plugin.name,
+                source,
+                "{}",
+                line.text
+            )
+        };
+    }
+    match line.level {
+        LogLevel::Debug => at!(debug),
+        LogLevel::Info => at!(info),
+        LogLevel::Warn => at!(warn),
+        LogLevel::Error => at!(error),
+    }
+}
+
+/// The call's log lines, stdout and stderr as redacted [`LogLine`]s, with a note of what the
+/// bounds dropped.
+fn collect_logs(data: &mut HostState, redact_all: &dyn Fn(&str) -> String) -> Vec<LogLine> {
+    let mut out: Vec<LogLine> = std::mem::take(&mut data.logs)
+        .into_iter()
+        .map(|(level, text)| LogLine {
+            level,
+            source: LogSource::Host,
+            text: redact_all(&text),
+        })
+        .collect();
+    if data.logs_dropped > 0 {
+        out.push(LogLine {
+            level: LogLevel::Warn,
+            source: LogSource::Engine,
+            text: format!(
+                "{} more log lines dropped (at most {} per call)",
+                data.logs_dropped,
+                sandbox::MAX_LOG_LINES
+            ),
+        });
+    }
+    for (capture, source, level) in [
+        (&data.stdout, LogSource::Stdout, LogLevel::Info),
+        (&data.stderr, LogSource::Stderr, LogLevel::Warn),
+    ] {
+        let (bytes, dropped) = capture.take();
+        let text = String::from_utf8_lossy(&bytes);
+        for l in text
+            .lines()
+            .filter(|l| !l.trim().is_empty())
+            .take(sandbox::MAX_LOG_LINES)
+        {
+            out.push(LogLine {
+                level,
+                source,
+                text: redact_all(&sandbox::cut(l.to_owned(), sandbox::MAX_LOG_LINE)),
+            });
+        }
+        if dropped > 0 {
+            out.push(LogLine {
+                level: LogLevel::Warn,
+                source: LogSource::Engine,
+                text: format!(
+                    "{dropped} more bytes of {} dropped (at most {} per call)",
+                    if source == LogSource::Stdout {
+                        "stdout"
+                    } else {
+                        "stderr"
+                    },
+                    sandbox::MAX_OUTPUT
+                ),
+            });
+        }
+    }
+    out
+}
+
+fn check_header(bytes: &[u8], file: &Path) -> Result<(), LoadError> {
+    // `\0asm`, then a version word: 1 for core modules, 0x0001000d for components.
+    let Some(version) = bytes.strip_prefix(b"\0asm").and_then(|r| r.get(..4)) else {
+        return Err(LoadError::NotWasm {
+            file: file.to_path_buf(),
+        });
+    };
+    if version == [1, 0, 0, 0] {
+        return Err(LoadError::NotAComponent {
+            file: file.to_path_buf(),
+        });
+    }
+    Ok(())
+}
+
+fn export_names(engine: &Engine, component: &Component) -> String {
+    let names: Vec<String> = component
+        .component_type()
+        .exports(engine)
+        .map(|(name, _)| name.to_string())
+        .collect();
+    if names.is_empty() {
+        "nothing".into()
+    } else {
+        names.join(", ")
+    }
+}
+
+fn sha256(bytes: &[u8]) -> [u8; 32] {
+    Sha256::digest(bytes).into()
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
