@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Runs the example clinic on this machine: stand-in EMR (2576), LIS (2577) and billing (2578)
-# receivers, the engine on 2575 with examples/clinic.toml, then sends the four example
-# messages through it and shows where each one landed. Ctrl-C stops everything.
+# Runs the example clinic on this machine: builds Courier and its example plugins, starts
+# stand-in EMR (2576), LIS (2577), billing (2578) and research (2579) receivers and the engine
+# on 2575 with examples/clinic.toml, then sends the four example messages through it and
+# shows where each one landed. Ctrl-C stops everything.
 #
 #   examples/clinic.sh          build, run, send the examples, keep serving until Ctrl-C
 #   examples/clinic.sh --once   the same, but stop after the examples are delivered
@@ -14,6 +15,9 @@ cd "$(dirname "$0")/.."
 once=false
 [ "${1:-}" = "--once" ] && once=true
 
+rustup target add wasm32-wasip2 >/dev/null 2>&1 || true
+cargo build --release --target wasm32-wasip2 --manifest-path plugins/Cargo.toml \
+  --target-dir target/wasm-plugins
 if [ -z "${COURIER_BIN:-}" ]; then
   cargo build --release --bin courier
   COURIER_BIN=target/release/courier
@@ -21,7 +25,7 @@ fi
 bin=$COURIER_BIN
 data=${COURIER_DATA:-examples/data}
 rm -rf "$data"
-mkdir -p "$data/emr" "$data/lis" "$data/billing"
+mkdir -p "$data/emr" "$data/lis" "$data/billing" "$data/research"
 
 pids=()
 cleanup() {
@@ -34,6 +38,7 @@ trap 'exit 130' INT TERM
 "$bin" listen --port 2576 --out "$data/emr" >"$data/emr.log" 2>&1 & pids+=($!)
 "$bin" listen --port 2577 --out "$data/lis" >"$data/lis.log" 2>&1 & pids+=($!)
 "$bin" listen --port 2578 --out "$data/billing" >"$data/billing.log" 2>&1 & pids+=($!)
+"$bin" listen --port 2579 --out "$data/research" >"$data/research.log" 2>&1 & pids+=($!)
 "$bin" run examples/clinic.toml --store-dir "$data/store" > >(tee "$data/engine.log") 2>&1 & pids+=($!)
 
 # Wait for the engine to listen (up to 30 s).
@@ -47,25 +52,27 @@ echo "== Sending the example messages to the engine (127.0.0.1:2575)"
 "$bin" send examples/messages/adt_a04_sarah.hl7 examples/messages/orm_o01_labs.hl7 \
   examples/messages/oru_r01_results.hl7 examples/messages/adt_a01_admit.hl7 --to 127.0.0.1:2575
 
-# Wait for the six deliveries (A04, ORU, A01 to the EMR; ORM to the LIS; A04, A01 to billing).
+# Wait for the nine deliveries: A04, ORU, A01 to the EMR; ORM to the LIS; A04, A01 to
+# billing; A04, ORU, A01 de-identified to research.
+all="$data/emr $data/lis $data/billing $data/research"
 for _ in $(seq 300); do
-  n=$(find "$data/emr" "$data/lis" "$data/billing" -name '*.hl7' | wc -l)
-  [ "$n" -ge 6 ] && break
+  n=$(find $all -name '*.hl7' | wc -l)
+  [ "$n" -ge 9 ] && break
   sleep 0.1
 done
 echo
 echo "== Delivered"
-for sys in emr lis billing; do
+for sys in emr lis billing research; do
   echo "$sys:"
   for f in "$data/$sys"/*.hl7; do
     [ -e "$f" ] || continue
-    echo "  $(basename "$f")  $("$bin" parse "$f" --path MSH-9 | cut -f2)"
+    echo "  $(basename "$f")  $("$bin" parse "$f" --path MSH-9 --path PID-3 --path PID-5 | cut -f2 | paste -sd' ')"
   done
 done
 
 if $once; then
-  n=$(find "$data/emr" "$data/lis" "$data/billing" -name '*.hl7' | wc -l)
-  [ "$n" -eq 6 ] || { echo "expected 6 deliveries, found $n" >&2; exit 1; }
+  n=$(find $all -name '*.hl7' | wc -l)
+  [ "$n" -eq 9 ] || { echo "expected 9 deliveries, found $n" >&2; exit 1; }
   exit 0
 fi
 echo

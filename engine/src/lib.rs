@@ -10,6 +10,7 @@ pub mod destination;
 pub mod logging;
 pub mod route;
 pub mod runtime;
+pub mod steps;
 
 pub use courier_hl7 as hl7;
 pub use courier_mllp as mllp;

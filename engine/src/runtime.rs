@@ -26,7 +26,8 @@ use courier_hl7::{
 };
 use courier_mllp::{Handler, ListenerSettings, PeerInfo};
 use courier_store::{
-    NewDelivery, NewMessage, Processing, ProcessingStatus, SqliteStore, Store, StoreSettings,
+    NewDelivery, NewMessage, Processing, ProcessingStatus, SqliteStore, StepRecord, Store,
+    StoreSettings,
 };
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -38,6 +39,7 @@ use crate::destination::durable::{self, Stops, Wake};
 use crate::destination::waiters::{Finished, Waiters};
 use crate::destination::{self, Delivery, DestinationHandle};
 use crate::route::{Envelope, Router};
+use crate::steps::{RouteResult, Steps, run_route};
 
 /// A running engine.
 pub struct Engine {
@@ -72,6 +74,13 @@ impl Engine {
             .collect::<Result<Vec<_>, _>>()
             .context("destination order_key")?;
 
+        let steps = Steps::load(
+            &config,
+            config
+                .store
+                .enabled
+                .then(|| config.store_dir().join("plugin-cache")),
+        )?;
         let output = if config.store.enabled {
             let dir = config.store_dir();
             let store: Arc<dyn Store> = Arc::new(
@@ -137,6 +146,7 @@ impl Engine {
         let router = Router::new(&config, |name| names.iter().position(|d| &**d == name))?;
         let pipeline = Arc::new(Pipeline {
             router,
+            steps,
             names,
             order_keys,
             output,
@@ -276,6 +286,7 @@ enum Output {
 
 struct Pipeline {
     router: Router,
+    steps: Steps,
     /// Destination names, by index.
     names: Vec<Arc<str>>,
     /// Each destination's `order_key` path.
@@ -283,49 +294,127 @@ struct Pipeline {
     output: Output,
 }
 
-/// Where a message goes.
-struct Routed {
-    /// (route name, destination index) per copy.
-    copies: Vec<(Arc<str>, usize)>,
+/// What routing and the route steps made of a message.
+#[derive(Default)]
+struct Processed {
+    /// One copy per (route, destination): route name, destination index, bytes, order key.
+    copies: Vec<(Arc<str>, usize, Bytes, String)>,
+    /// Every step's result, in order.
+    steps: Vec<StepRecord>,
+    /// Routes that matched.
+    matched: usize,
+    /// Routes on which a step failed, with the reason (no patient data).
+    failures: Vec<String>,
+}
+
+impl Processed {
+    fn processing(&self, names: &[Arc<str>]) -> Processing {
+        let status = if !self.failures.is_empty() {
+            ProcessingStatus::Error
+        } else if self.matched == 0 {
+            ProcessingStatus::Unrouted
+        } else if self.copies.is_empty() {
+            ProcessingStatus::Filtered
+        } else {
+            ProcessingStatus::Processed
+        };
+        Processing {
+            status,
+            reason: (!self.failures.is_empty()).then(|| self.failures.join("; ")),
+            steps: self.steps.clone(),
+            deliveries: self
+                .copies
+                .iter()
+                .map(|(route, d, payload, key)| NewDelivery {
+                    route: route.to_string(),
+                    destination: names[*d].to_string(),
+                    payload: payload.clone(),
+                    order_key: key.clone(),
+                })
+                .collect(),
+        }
+    }
 }
 
 impl Pipeline {
-    fn route(&self, listener: &str, env: &Envelope, msg: &Message) -> Routed {
-        let copies = self
+    /// Routes a message and runs each matching route's steps on its own copy. Blocking when
+    /// a route has steps: see [`Pipeline::process_async`].
+    fn process(&self, listener: &str, env: &Envelope, msg: &Message) -> Processed {
+        let mut out = Processed::default();
+        let control_id: Arc<str> = msg.control_id().unwrap_or_default().into();
+        for route in self.router.select(listener, env, msg) {
+            out.matched += 1;
+            let changed;
+            let sent: &Message = if self.steps.has_steps(route.index) {
+                match run_route(
+                    &self.steps,
+                    route.index,
+                    &route.name,
+                    &control_id,
+                    msg,
+                    &mut out.steps,
+                ) {
+                    RouteResult::Send(m) => {
+                        changed = m;
+                        &changed
+                    }
+                    RouteResult::Dropped(_) => continue,
+                    RouteResult::Failed(reason) => {
+                        out.failures.push(format!("route {}: {reason}", route.name));
+                        continue;
+                    }
+                }
+            } else {
+                msg
+            };
+            let payload = sent.encode();
+            for &d in &route.destinations {
+                let key = self.order_keys[d]
+                    .as_ref()
+                    .and_then(|p| sent.get(p))
+                    .unwrap_or_default();
+                out.copies
+                    .push((route.name.clone(), d, payload.clone(), key));
+            }
+        }
+        out
+    }
+
+    /// [`Pipeline::process`], off the async worker threads when a matching route has steps
+    /// (plugins and scripts are CPU-bound).
+    async fn process_async(
+        self: &Arc<Self>,
+        listener: &Arc<str>,
+        env: &Envelope,
+        msg: &Message,
+    ) -> Processed {
+        let blocking = self
             .router
             .select(listener, env, msg)
-            .flat_map(|r| r.destinations.iter().map(|&d| (r.name.clone(), d)))
-            .collect();
-        Routed { copies }
-    }
-
-    fn deliveries(&self, msg: &Message, routed: &Routed) -> Vec<NewDelivery> {
-        let payload = msg.encode();
-        routed
-            .copies
-            .iter()
-            .map(|(route, d)| NewDelivery {
-                route: route.to_string(),
-                destination: self.names[*d].to_string(),
-                payload: payload.clone(),
-                order_key: self.order_keys[*d]
-                    .as_ref()
-                    .and_then(|p| msg.get(p))
-                    .unwrap_or_default(),
+            .any(|r| self.steps.has_steps(r.index));
+        if !blocking {
+            return self.process(listener, env, msg);
+        }
+        let (me, listener, env, msg) = (self.clone(), listener.clone(), env.clone(), msg.clone());
+        tokio::task::spawn_blocking(move || me.process(&listener, &env, &msg))
+            .await
+            .unwrap_or_else(|e| Processed {
+                failures: vec![format!("route steps panicked: {e}")],
+                matched: 1,
+                ..Processed::default()
             })
-            .collect()
     }
 
-    fn wake(&self, routed: &Routed) {
+    fn wake(&self, processed: &Processed) {
         if let Output::Durable { wakes, .. } = &self.output {
-            for (_, d) in &routed.copies {
+            for (_, d, _, _) in &processed.copies {
                 wakes[*d].wake();
             }
         }
     }
 
     /// Processes what a previous run journaled but never processed.
-    async fn recover(&self, config: &Config) -> anyhow::Result<()> {
+    async fn recover(self: &Arc<Self>, config: &Config) -> anyhow::Result<()> {
         let Output::Durable { store, .. } = &self.output else {
             return Ok(());
         };
@@ -351,12 +440,11 @@ impl Pipeline {
             let processing = match Message::parse_with(m.message.raw.clone(), &options) {
                 Ok(msg) => {
                     let env = Envelope::of(&msg);
-                    let routed = self.route(&m.message.listener, &env, &msg);
-                    let p = processing_for(self.deliveries(&msg, &routed));
-                    let ids = store.complete_processing(m.id, p).await?;
-                    if !ids.is_empty() {
-                        self.wake(&routed);
-                    }
+                    let processed = self.process(&m.message.listener, &env, &msg);
+                    store
+                        .complete_processing(m.id, processed.processing(&self.names))
+                        .await?;
+                    self.wake(&processed);
                     continue;
                 }
                 Err(e) => Processing {
@@ -369,19 +457,6 @@ impl Pipeline {
             store.complete_processing(m.id, processing).await?;
         }
         Ok(())
-    }
-}
-
-fn processing_for(deliveries: Vec<NewDelivery>) -> Processing {
-    Processing {
-        status: if deliveries.is_empty() {
-            ProcessingStatus::Unrouted
-        } else {
-            ProcessingStatus::Processed
-        },
-        reason: None,
-        steps: Vec::new(),
-        deliveries,
     }
 }
 
@@ -647,14 +722,14 @@ impl Intake {
         };
         let stored = Some((store.clone(), id));
         let p = &self.pipeline;
-        let routed = p.route(&self.listener, env, msg);
-        let copies = routed.copies.len();
-        let processed = store
-            .complete_processing(id, processing_for(p.deliveries(msg, &routed)))
+        let processed = p.process_async(&self.listener, env, msg).await;
+        let copies = processed.copies.len();
+        let recorded = store
+            .complete_processing(id, processed.processing(&p.names))
             .await;
-        let ids = match processed {
+        let ids = match recorded {
             Ok(ids) => {
-                p.wake(&routed);
+                p.wake(&processed);
                 ids
             }
             Err(e) => {
@@ -676,10 +751,13 @@ impl Intake {
                 );
             }
         };
-        if copies == 0 {
+        if let Some(answer) = self.step_answer(&processed) {
+            return (answer, stored);
+        }
+        if processed.matched == 0 {
             return (self.unrouted_answer(env), stored);
         }
-        if self.ack_policy != AckPolicy::AfterDelivery {
+        if copies == 0 || self.ack_policy != AckPolicy::AfterDelivery {
             return (Answer::Accepted { copies }, stored);
         }
         (self.wait_for_delivery(&ids).await, stored)
@@ -740,19 +818,20 @@ impl Intake {
         msg: &Message,
         env: &Envelope,
     ) -> Answer {
-        let p = &self.pipeline;
-        let routed = p.route(&self.listener, env, msg);
-        if routed.copies.is_empty() {
+        let processed = self.pipeline.process_async(&self.listener, env, msg).await;
+        if let Some(answer) = self.step_answer(&processed) {
+            return answer;
+        }
+        if processed.matched == 0 {
             return self.unrouted_answer(env);
         }
-        let bytes = msg.encode();
         let control_id: Arc<str> = msg.control_id().unwrap_or_default().into();
         let message_type: Arc<str> = env.message_type.as_str().into();
         let received = Instant::now();
-        for (route, d) in &routed.copies {
+        for (route, d, payload, _) in &processed.copies {
             let dest = &queues[*d];
             let delivery = Delivery {
-                message: bytes.clone(),
+                message: payload.clone(),
                 control_id: control_id.clone(),
                 message_type: message_type.clone(),
                 route: route.clone(),
@@ -781,8 +860,26 @@ impl Intake {
             }
         }
         Answer::Accepted {
-            copies: routed.copies.len(),
+            copies: processed.copies.len(),
         }
+    }
+
+    /// With `after-processing` (or `after-delivery`), a failed step answers AE naming the
+    /// route and step; with `after-store` the message was accepted when it was stored, and
+    /// the failure is in the store and the log.
+    fn step_answer(&self, processed: &Processed) -> Option<Answer> {
+        if processed.failures.is_empty() || self.ack_policy == AckPolicy::AfterStore {
+            return None;
+        }
+        Some(Answer::Refused(
+            AckCode::AE,
+            AckError {
+                code: ErrorCode::ApplicationInternalError,
+                location: None,
+                text: processed.failures.join("; "),
+                severity: Severity::Error,
+            },
+        ))
     }
 }
 

@@ -11,26 +11,17 @@ use support::*;
 
 #[test]
 fn clinic_flow_delivers_each_message_to_the_right_systems() {
+    build_plugins();
     let tmp = tempfile::tempdir().unwrap();
-    let dirs: Vec<_> = ["emr", "lis", "billing"]
+    let names = ["emr", "lis", "billing", "research"];
+    let dirs: Vec<_> = names.iter().map(|n| tmp.path().join(n)).collect();
+    let standins: Vec<_> = names
         .iter()
-        .map(|n| {
-            let d = tmp.path().join(n);
-            std::fs::create_dir_all(&d).unwrap();
-            d
-        })
+        .zip(&dirs)
+        .map(|(n, d)| standin(n, d, 0, &[]))
         .collect();
-    let (_emr, emr) = standin("emr", &dirs[0], 0, &[]);
-    let (_lis, lis) = standin("lis", &dirs[1], 0, &[]);
-    let (_billing, billing) = standin("billing", &dirs[2], 0, &[]);
-
-    let config = std::fs::read_to_string(repo().join("examples/clinic.toml"))
-        .unwrap()
-        .replace("127.0.0.1:2575", "127.0.0.1:0")
-        .replace("127.0.0.1:2576", &emr.to_string())
-        .replace("127.0.0.1:2577", &lis.to_string())
-        .replace("127.0.0.1:2578", &billing.to_string());
-    let (engine, addr) = start_engine(tmp.path(), &config, "clinic");
+    let addrs = [0, 1, 2, 3].map(|i| standins[i].1);
+    let (engine, addr) = start_engine(tmp.path(), &clinic_config(addrs), "clinic");
 
     let files = [
         "adt_a04_sarah.hl7",
@@ -70,40 +61,99 @@ fn clinic_flow_delivers_each_message_to_the_right_systems() {
         assert_eq!(cols[2], "AA", "{line}");
     }
 
-    // Each system gets exactly its messages, byte for byte, in the order sent.
-    let emr_got = wait_files(&dirs[0], 3, Duration::from_secs(20));
+    // Billing gets the registrations exactly as sent, in order.
+    let billing = wait_files(&dirs[2], 2, Duration::from_secs(30));
     assert_eq!(
-        emr_got,
-        [
-            example("adt_a04_sarah.hl7"),
-            example("oru_r01_results.hl7"),
-            example("adt_a01_admit.hl7")
-        ]
-    );
-    let billing_got = wait_files(&dirs[2], 2, Duration::from_secs(20));
-    assert_eq!(
-        billing_got,
+        billing,
         [example("adt_a04_sarah.hl7"), example("adt_a01_admit.hl7")]
     );
-    let lis_got = wait_files(&dirs[1], 1, Duration::from_secs(20));
-    assert_eq!(lis_got, [example("orm_o01_labs.hl7")]);
-    // Nothing extra arrives.
+    // The EMR gets them mapped (its MRN only, names upper-cased, its MSH-5/6), and the
+    // results with LOINC codes, in the order sent.
+    let emr = wait_files(&dirs[0], 3, Duration::from_secs(30));
+    let a04 = String::from_utf8_lossy(&emr[0]).to_string();
+    assert_eq!(field(&emr[0], "MSH", 10), "REG20261124083012001");
+    assert_eq!(field(&emr[0], "MSH", 5), "RIVERSIDE_EMR");
+    assert_eq!(field(&emr[0], "PID", 3), "100234^^^RIVERSIDE^MR", "{a04}");
+    assert!(
+        field(&emr[0], "PID", 5).starts_with("JOHNSON^SARAH^ANNE"),
+        "{a04}"
+    );
+    assert!(field(&emr[0], "PV1", 3).starts_with("FAMILY-MED^"), "{a04}");
+    assert_eq!(field(&emr[1], "MSH", 10), "LIS20261124143022551");
+    assert!(
+        field(&emr[1], "OBX", 3).starts_with("6690-2^"),
+        "WBC as LOINC"
+    );
+    assert!(field(&emr[1], "OBX", 3).contains("^LN"), "coding system LN");
+    assert_eq!(field(&emr[2], "MSH", 10), "REG20261124101544007");
+    // The LIS gets the order with LOINC codes.
+    let lis = wait_files(&dirs[1], 1, Duration::from_secs(30));
+    assert!(
+        field(&lis[0], "OBR", 4).starts_with("58410-2^"),
+        "CBC as LOINC"
+    );
+    // Research gets no names, no MRN, birth year only.
+    let research = wait_files(&dirs[3], 3, Duration::from_secs(30));
+    for m in &research {
+        let text = String::from_utf8_lossy(m);
+        for phi in [
+            "Johnson",
+            "JOHNSON",
+            "Okafor",
+            "100234",
+            "100871",
+            "Elm Street",
+            "555-23-4411",
+        ] {
+            assert!(
+                !text.contains(phi),
+                "research feed contains `{phi}`: {text}"
+            );
+        }
+    }
+    assert_eq!(field(&research[0], "PID", 7), "1978");
+    // Nothing extra arrives anywhere.
     std::thread::sleep(Duration::from_millis(300));
-    assert_eq!(std::fs::read_dir(&dirs[1]).unwrap().count(), 1);
+    for (d, n) in dirs.iter().zip([3, 1, 2, 3]) {
+        assert_eq!(std::fs::read_dir(d).unwrap().count(), n, "{}", d.display());
+    }
 
     // No patient data in the engine's logs at the default level.
     let logs = engine.stderr_text();
-    for phi in ["Johnson", "100234", "Elm Street", "19780412", "555-23-4411"] {
+    for phi in [
+        "Johnson",
+        "JOHNSON",
+        "100234",
+        "Elm Street",
+        "19780412",
+        "555-23-4411",
+    ] {
         assert!(!logs.contains(phi), "engine log contains `{phi}`");
     }
     assert!(
         logs.contains("REG20261124083012001"),
         "control ids are logged"
     );
+
+    // The store records each step with its plugin's content hash.
+    let shown = Command::new(env!("CARGO_BIN_EXE_courier"))
+        .args(["messages", "--config"])
+        .arg(tmp.path().join("courier.toml"))
+        .args(["show", "1"])
+        .output()
+        .unwrap();
+    let shown = String::from_utf8_lossy(&shown.stdout);
+    assert!(
+        shown.contains("registration-to-emr adt_emr.wasm (wasm "),
+        "{shown}"
+    );
+    assert!(shown.contains("-> changed"), "{shown}");
+    assert!(shown.contains("pv1_location.rhai (rhai "), "{shown}");
 }
 
 #[test]
 fn every_example_config_passes_check() {
+    build_plugins();
     let mut configs: Vec<_> = std::fs::read_dir(repo().join("examples"))
         .unwrap()
         .filter_map(|e| e.ok().map(|e| e.path()))
@@ -196,6 +246,7 @@ fn parse_prints_values_at_paths() {
 /// copies of the four example messages.
 #[test]
 fn readme_clinic_script_runs_the_clinic() {
+    build_plugins();
     let tmp = tempfile::tempdir().unwrap();
     let out = Command::new("bash")
         .arg(repo().join("examples/clinic.sh"))
@@ -209,7 +260,7 @@ fn readme_clinic_script_runs_the_clinic() {
     eprintln!("{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
     assert!(out.status.success());
     assert_eq!(stdout.matches("\tAA").count(), 4, "four AA ACKs");
-    for sys in ["emr", "lis", "billing"] {
+    for sys in ["emr", "lis", "billing", "research"] {
         assert!(
             tmp.path().join(sys).read_dir().unwrap().count() > 0,
             "{sys}"

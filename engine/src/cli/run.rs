@@ -33,7 +33,13 @@ pub fn run(path: &Path, store_dir: Option<PathBuf>) -> anyhow::Result<ExitCode> 
 pub fn check(paths: &[PathBuf]) -> anyhow::Result<ExitCode> {
     let mut ok = true;
     for path in paths {
-        match Config::load(path) {
+        let loaded = Config::load(path).map_err(|e| e.to_string()).and_then(|c| {
+            // Compile every plugin and script too: a config is only good if its steps load.
+            courier::steps::Steps::load(&c, None)
+                .map(|_| c)
+                .map_err(|e| format!("{}: {e}", path.display()))
+        });
+        match loaded {
             Ok(c) => println!(
                 "ok: {}: {} listener(s), {} route(s), {} destination(s)",
                 path.display(),

@@ -74,6 +74,10 @@ pub struct Config {
     /// Which messages go where.
     #[serde(default, rename = "route")]
     pub routes: Vec<Spanned<RouteConfig>>,
+    /// Lookup tables for route steps (`[tables.loinc]` with `KEY = "value"` lines), e.g.
+    /// local lab codes to LOINC.
+    #[serde(default)]
+    pub tables: std::collections::HashMap<String, std::collections::HashMap<String, String>>,
     /// The file this was loaded from (set by [`Config::load`]).
     #[serde(skip)]
     pub source: PathBuf,
@@ -349,6 +353,60 @@ pub struct RouteConfig {
     pub when: Vec<Spanned<String>>,
     /// Destinations that get a copy of every matching message.
     pub destinations: Vec<Spanned<String>>,
+    /// Filter and transform steps run in order on each matching message before it is sent
+    /// (`[[route.step]]`).
+    #[serde(default, rename = "step")]
+    pub steps: Vec<Spanned<StepConfig>>,
+}
+
+/// A route step (`[[route.step]]`): a WASM component or a Rhai script and its settings.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StepConfig {
+    /// A WebAssembly component (built for wasm32-wasip2), relative to the config's directory.
+    #[serde(default)]
+    pub wasm: Option<Spanned<PathBuf>>,
+    /// A Rhai script, relative to the config's directory.
+    #[serde(default)]
+    pub script: Option<Spanned<PathBuf>>,
+    /// Settings handed to the step (strings, numbers, lists, tables).
+    #[serde(default)]
+    pub settings: toml::Table,
+    /// CPU deadline per message (WASM: epoch interruption; Rhai: wall clock).
+    #[serde(default = "defaults::step_deadline", with = "humantime_serde")]
+    pub deadline: Duration,
+    /// Memory cap per WASM instance, in bytes.
+    #[serde(default = "defaults::step_memory")]
+    pub memory_bytes: u64,
+    /// Capabilities granted to a WASM step; none by default.
+    #[serde(default)]
+    pub grants: GrantsConfig,
+}
+
+/// What a route grants a WASM step (`grants = { ... }`). The default grants nothing.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GrantsConfig {
+    /// Environment variables the plugin may read.
+    #[serde(default)]
+    pub env: std::collections::BTreeMap<String, String>,
+    /// The real wall clock (otherwise frozen at the Unix epoch).
+    #[serde(default)]
+    pub clock: bool,
+    /// Real randomness (otherwise a fixed sequence).
+    #[serde(default)]
+    pub random: bool,
+}
+
+impl StepConfig {
+    /// The step's file, resolved against the config's directory.
+    pub fn file(&self, config: &Config) -> Option<PathBuf> {
+        let base = config.source.parent().unwrap_or(FsPath::new(""));
+        self.wasm
+            .as_ref()
+            .or(self.script.as_ref())
+            .map(|p| base.join(p.get_ref()))
+    }
 }
 
 mod defaults {
@@ -377,6 +435,12 @@ mod defaults {
     }
     pub fn queue_capacity() -> usize {
         1000
+    }
+    pub fn step_deadline() -> Duration {
+        Duration::from_millis(100)
+    }
+    pub fn step_memory() -> u64 {
+        64 * 1024 * 1024
     }
     pub fn yes() -> bool {
         true
@@ -606,6 +670,36 @@ impl Validator<'_> {
                         l.span(),
                         key(&format!("listeners[{j}]")),
                         format!("no listener named `{}`", l.get_ref()),
+                    ));
+                }
+            }
+            for (j, st) in rc.steps.iter().enumerate() {
+                let sc = st.get_ref();
+                let k = key(&format!("step[{j}]"));
+                match (&sc.wasm, &sc.script) {
+                    (Some(_), Some(_)) | (None, None) => {
+                        return Err(self.err(
+                            st.span(),
+                            k,
+                            "a step names exactly one of wasm = \"file.wasm\" or script = \"file.rhai\"",
+                        ));
+                    }
+                    _ => {}
+                }
+                if sc.deadline.is_zero() || sc.memory_bytes < 1024 * 1024 {
+                    return Err(self.err(
+                        st.span(),
+                        k,
+                        "deadline must be > 0 and memory_bytes at least 1 MiB",
+                    ));
+                }
+                if sc.script.is_some()
+                    && (!sc.grants.env.is_empty() || sc.grants.clock || sc.grants.random)
+                {
+                    return Err(self.err(
+                        st.span(),
+                        k,
+                        "grants apply to WASM steps only; scripts have no capabilities",
                     ));
                 }
             }

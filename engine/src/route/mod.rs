@@ -52,13 +52,15 @@ impl Pattern {
 pub struct Route {
     /// The route's name from the config.
     pub name: Arc<str>,
+    /// The route's position in the config (its steps are found by it).
+    pub index: usize,
     rules: CompiledMatch,
     /// Indexes into the engine's destination list, in config order.
     pub destinations: Vec<usize>,
 }
 
 /// The fields of MSH a route looks at, read once per message.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 pub struct Envelope {
     /// `code^trigger` of MSH-9 (or just the code).
     pub message_type: String,
@@ -139,6 +141,7 @@ impl Router {
                 .collect();
             routes.push(Route {
                 name: rc.name.as_str().into(),
+                index: i,
                 rules: config.compiled_match(i)?,
                 destinations,
             });

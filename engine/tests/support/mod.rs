@@ -143,7 +143,8 @@ pub fn start_engine(dir: &Path, config: &str, listener: &str) -> (Proc, SocketAd
         &["--log-format", "json", "run", path.to_str().unwrap()],
     );
     let want = listener.to_owned();
-    let addr = p.wait_line(Duration::from_secs(20), move |l| {
+    // Start-up compiles the route steps: allow for a slow, shared machine.
+    let addr = p.wait_line(Duration::from_secs(120), move |l| {
         let v: serde_json::Value = serde_json::from_str(l).ok()?;
         (v["message"] == "listening" && v["listener"] == want.as_str())
             .then(|| v["addr"].as_str().unwrap().parse().unwrap())
@@ -266,4 +267,49 @@ pub fn adt(control_id: &str) -> Vec<u8> {
          PID|1||100234^^^RIVERSIDE^MR||Johnson^Sarah\r"
     )
     .into_bytes()
+}
+
+/// Builds `plugins/` for wasm32-wasip2 once per test process (cargo's own lock serialises
+/// test binaries doing the same), where examples/clinic.toml expects them.
+pub fn build_plugins() {
+    static BUILT: std::sync::OnceLock<()> = std::sync::OnceLock::new();
+    BUILT.get_or_init(|| {
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let status = Command::new(cargo)
+            .args([
+                "build",
+                "--release",
+                "--target",
+                "wasm32-wasip2",
+                "--manifest-path",
+            ])
+            .arg(repo().join("plugins/Cargo.toml"))
+            .arg("--target-dir")
+            .arg(repo().join("target/wasm-plugins"))
+            .status()
+            .expect("cargo runs");
+        assert!(
+            status.success(),
+            "building plugins/ for wasm32-wasip2 failed"
+        );
+    });
+}
+
+/// examples/clinic.toml with its listener on a free port, its destinations at `dests`
+/// (emr, lis, billing, research) and its plugin and script paths made absolute, so it runs
+/// from a temporary directory.
+pub fn clinic_config(dests: [SocketAddr; 4]) -> String {
+    let examples = repo().join("examples");
+    std::fs::read_to_string(examples.join("clinic.toml"))
+        .unwrap()
+        .replace("127.0.0.1:2575", "127.0.0.1:0")
+        .replace("127.0.0.1:2576", &dests[0].to_string())
+        .replace("127.0.0.1:2577", &dests[1].to_string())
+        .replace("127.0.0.1:2578", &dests[2].to_string())
+        .replace("127.0.0.1:2579", &dests[3].to_string())
+        .replace(
+            "\"../target/",
+            &format!("\"{}/../target/", examples.display()),
+        )
+        .replace("\"scripts/", &format!("\"{}/scripts/", examples.display()))
 }

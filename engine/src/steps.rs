@@ -1,0 +1,206 @@
+//! Route steps: loading (compile once, at start or reload) and running them on a message.
+//!
+//! Each matching route gets its own copy of the message and runs its steps in order; a step
+//! keeps (possibly changing the copy), drops (the route sends nothing) or fails (the route
+//! sends nothing and the message is recorded as errored). Every step's result is recorded
+//! with the content hash of the plugin or script that produced it. Steps are CPU-bound and
+//! blocking: the caller runs them off the async worker threads.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use courier_hl7::Message;
+use courier_plugin::script::{ScriptLimits, ScriptStep};
+use courier_plugin::wasm::{Grants, WasmLimits, WasmRuntime, WasmRuntimeConfig};
+use courier_plugin::{Outcome, Step, StepContext, Tables, redact};
+use courier_store::{StepOutcome, StepRecord};
+use tracing::warn;
+
+use crate::config::Config;
+
+/// A step ready to run.
+pub struct LoadedStep {
+    /// The compiled plugin or script.
+    pub step: Arc<dyn Step>,
+    /// `wasm` or `rhai`, for the store.
+    pub kind: &'static str,
+    /// Its settings from the config.
+    pub settings: Arc<serde_json::Map<String, serde_json::Value>>,
+}
+
+/// Why a step could not be loaded: names the route, the step and the file.
+#[derive(Debug, thiserror::Error)]
+#[error("route {route}, step {index}: {message}")]
+pub struct StepLoadError {
+    /// The route's name.
+    pub route: String,
+    /// 1-based position of the step in the route.
+    pub index: usize,
+    /// What went wrong (the plugin's or script's own error names the file).
+    pub message: String,
+}
+
+/// The steps of every route, by route index, plus the lookup tables they share.
+pub struct Steps {
+    /// `routes[i]` are the steps of config route `i`, in order.
+    pub routes: Vec<Vec<LoadedStep>>,
+    /// The config's lookup tables.
+    pub tables: Arc<Tables>,
+    /// Kept alive while any WASM step may run (it owns the epoch ticker).
+    _runtime: Option<WasmRuntime>,
+}
+
+impl Steps {
+    /// Compiles every step of the config. `cache_dir` keeps precompiled WASM between runs.
+    pub fn load(config: &Config, cache_dir: Option<PathBuf>) -> Result<Steps, StepLoadError> {
+        let needs_wasm = config
+            .routes
+            .iter()
+            .any(|r| r.get_ref().steps.iter().any(|s| s.get_ref().wasm.is_some()));
+        let runtime = if needs_wasm {
+            Some(
+                WasmRuntime::new(WasmRuntimeConfig {
+                    cache_dir,
+                    ..WasmRuntimeConfig::default()
+                })
+                .map_err(|e| StepLoadError {
+                    route: "-".into(),
+                    index: 0,
+                    message: format!("cannot start the WASM runtime: {e}"),
+                })?,
+            )
+        } else {
+            None
+        };
+        let mut routes = Vec::with_capacity(config.routes.len());
+        for r in &config.routes {
+            let rc = r.get_ref();
+            let mut steps = Vec::with_capacity(rc.steps.len());
+            for (i, s) in rc.steps.iter().enumerate() {
+                let sc = s.get_ref();
+                let err = |message: String| StepLoadError {
+                    route: rc.name.clone(),
+                    index: i + 1,
+                    message,
+                };
+                let file = sc.file(config).ok_or_else(|| err("no file".into()))?;
+                let settings = Arc::new(match serde_json::to_value(&sc.settings) {
+                    Ok(serde_json::Value::Object(m)) => m,
+                    _ => serde_json::Map::new(),
+                });
+                let (step, kind): (Arc<dyn Step>, &'static str) = if sc.wasm.is_some() {
+                    let rt = runtime
+                        .as_ref()
+                        .ok_or_else(|| err("no WASM runtime".into()))?;
+                    let limits = WasmLimits {
+                        deadline: sc.deadline,
+                        memory: sc.memory_bytes,
+                        grants: Grants {
+                            env: sc.grants.env.clone().into_iter().collect(),
+                            clock: sc.grants.clock,
+                            random: sc.grants.random,
+                            ..Grants::default()
+                        },
+                    };
+                    let plugin = rt.load(&file, limits).map_err(|e| err(e.to_string()))?;
+                    (Arc::new(plugin), "wasm")
+                } else {
+                    let limits = ScriptLimits {
+                        deadline: sc.deadline,
+                        ..ScriptLimits::default()
+                    };
+                    let script = ScriptStep::load(&file, limits).map_err(|e| err(e.to_string()))?;
+                    (Arc::new(script), "rhai")
+                };
+                steps.push(LoadedStep {
+                    step,
+                    kind,
+                    settings,
+                });
+            }
+            routes.push(steps);
+        }
+        Ok(Steps {
+            routes,
+            tables: Arc::new(config.tables.clone()),
+            _runtime: runtime,
+        })
+    }
+
+    /// Does route `index` have steps?
+    pub fn has_steps(&self, index: usize) -> bool {
+        self.routes.get(index).is_some_and(|s| !s.is_empty())
+    }
+}
+
+/// What one route's steps made of a message.
+pub enum RouteResult {
+    /// Send this message (changed or not) to the route's destinations.
+    Send(Message),
+    /// A step dropped it (filtered); the reason has no patient data.
+    Dropped(String),
+    /// A step failed; the reason names the step and has no patient data.
+    Failed(String),
+}
+
+/// Runs the steps of one route on a copy of `msg`, appending a record per step to `records`.
+pub fn run_route(
+    steps: &Steps,
+    route_index: usize,
+    route: &Arc<str>,
+    control_id: &Arc<str>,
+    msg: &Message,
+    records: &mut Vec<StepRecord>,
+) -> RouteResult {
+    let mut copy = msg.clone();
+    let Some(route_steps) = steps.routes.get(route_index) else {
+        return RouteResult::Send(copy);
+    };
+    let mut last = msg.encode();
+    for s in route_steps {
+        let ctx = StepContext {
+            route: route.clone(),
+            control_id: control_id.clone(),
+            settings: s.settings.clone(),
+            tables: steps.tables.clone(),
+        };
+        let record = |outcome: StepOutcome, reason: Option<String>| StepRecord {
+            route: route.to_string(),
+            step: s.step.name().to_owned(),
+            kind: s.kind.to_owned(),
+            content_hash: s.step.content_hash().to_owned(),
+            outcome,
+            reason,
+        };
+        match s.step.run(&mut copy, &ctx) {
+            Ok(Outcome::Keep) => {
+                let now = copy.encode();
+                if now == last {
+                    records.push(record(StepOutcome::Kept, None));
+                } else {
+                    records.push(record(StepOutcome::Changed(now.clone()), None));
+                    last = now;
+                }
+            }
+            Ok(Outcome::Drop { reason }) => {
+                let reason = redact(&reason, msg);
+                records.push(record(StepOutcome::Dropped, Some(reason.clone())));
+                return RouteResult::Dropped(format!("{}: {reason}", s.step.name()));
+            }
+            Err(e) => {
+                let reason = redact(&e.to_string(), msg);
+                warn!(
+                    route = %route,
+                    control_id = %control_id,
+                    step = %s.step.name(),
+                    kind = ?e.kind,
+                    error = %reason,
+                    "step failed; the message is not sent on this route"
+                );
+                records.push(record(StepOutcome::Error, Some(reason.clone())));
+                return RouteResult::Failed(reason);
+            }
+        }
+    }
+    RouteResult::Send(copy)
+}
