@@ -41,20 +41,16 @@ fn native(msg: &mut Message, ctx: &StepContext) -> Result<Outcome, String> {
     let mut mrn = None;
     for r in 1..=msg.repetition_count(&path("PID-3")) {
         if msg.get(&path(&format!("PID-3[{r}].4"))).as_deref() == Some(authority.as_str()) {
-            mrn = msg.get(&path(&format!("PID-3[{r}]")));
+            mrn = msg.element(&path(&format!("PID-3[{r}]"))).map(|e| e.er7());
             break;
         }
     }
     let mrn = mrn.ok_or_else(|| format!("no PID-3 identifier from {authority}"))?;
     msg.set_raw(&path("PID-3"), &mrn)
         .map_err(|e| e.to_string())?;
-    for r in 1..=msg.repetition_count(&path("PID-5")) {
-        for c in 1..=3 {
-            let p = path(&format!("PID-5[{r}].{c}"));
-            if let Some(v) = msg.get(&p) {
-                msg.set(&p, &v.to_uppercase()).map_err(|e| e.to_string())?;
-            }
-        }
+    if let Some(names) = msg.element(&path("PID-5")).map(|e| e.er7()) {
+        msg.set_raw(&path("PID-5"), &names.to_uppercase())
+            .map_err(|e| e.to_string())?;
     }
     let app = ctx.setting("emr_application").unwrap_or_default();
     let facility = ctx.setting("emr_facility").unwrap_or_default();

@@ -315,6 +315,17 @@ fn adt_emr_maps_sarah() {
 }
 
 #[test]
+fn adt_emr_keeps_escaped_names_intact() {
+    let step = example_step("adt_emr.rhai");
+    let mut msg = sarah();
+    msg.set(&"PID-5.1".parse().unwrap(), "Smith&Jones|Jr")
+        .unwrap();
+    assert_eq!(step.run(&mut msg, &emr_settings()), Ok(Outcome::Keep));
+    assert_eq!(get(&msg, "PID-5.1").as_deref(), Some("SMITH&JONES|JR"));
+    assert_eq!(get(&msg, "PID-5.2").as_deref(), Some("SARAH"));
+}
+
+#[test]
 fn adt_emr_maps_the_admit_and_fails_without_an_mrn() {
     let step = example_step("adt_emr.rhai");
     let mut msg = message("adt_a01_admit.hl7");
@@ -430,6 +441,8 @@ fn get_set_delete_exists() {
         if msg.get("PID-99") != () { throw "absent is ()"; }
         if !msg.exists("PV2-3") || msg.exists("ZZZ") { throw "exists"; }
         if msg["MSH-9.2"] != "A04" { throw "indexer"; }
+        if msg.get_raw("PID-5[2]") != "Miller^Sarah^^^^^M" || msg.get_raw("PID-99") != () { throw "raw"; }
+        if msg.get_raw("PV2").sub_string(0, 7) != "PV2|||Z" { throw "raw segment"; }
         msg.set("PID-5.1", "Johnson-Smith");
         msg["PV1-2"] = "I";
         msg.set("PV1-44", 20261124);
