@@ -6,6 +6,12 @@
 //! - `adt-emr/wasm`: the `adt-emr` component through `Step::run`: a fresh store and instance,
 //!   the message copied in as bytes, parsed by the guest, mapped, encoded, copied back and
 //!   parsed by the host.
+//! - `adt-emr/wasm-keep-resident-0`: the same on a runtime with `keep_resident = 0` (every
+//!   page of a finished instance handed back to the kernel and faulted in again).
+//! - `adt-emr/floor-filter`: the fixed cost of a call — the `test-filter` component (fresh
+//!   instance, message in and parsed, one read, a verdict out).
+//! - `adt-emr/wasm-reuse` and `adt-emr/floor-filter-reuse`: the same two with
+//!   `WasmLimits::reuse_instance`: one kept instance called again for every message.
 //! - `twelve-ops/bytes` and `twelve-ops/resource`: the measurement behind the interface
 //!   decision (`docs/plugins.md`): 7 reads and 5 writes, once on a message that crosses as
 //!   bytes, once through host calls on a message the host keeps as a WIT resource.
@@ -103,6 +109,59 @@ fn bench(c: &mut Criterion) {
         b.iter(|| {
             let mut m = msg.clone();
             assert_eq!(adt.run(&mut m, &ctx), Ok(Outcome::Keep));
+            m
+        })
+    });
+    // The same with every page of a finished instance handed back to the kernel
+    // (`keep_resident = 0`), beside the default that resets the first MiB in place.
+    let madvise = WasmRuntime::new(WasmRuntimeConfig {
+        keep_resident: 0,
+        ..WasmRuntimeConfig::default()
+    })
+    .expect("runtime");
+    let adt_madvise = madvise
+        .load(&dir.join("adt_emr.wasm"), WasmLimits::default())
+        .expect("adt_emr loads");
+    group.bench_function("wasm-keep-resident-0", |b| {
+        b.iter(|| {
+            let mut m = msg.clone();
+            assert_eq!(adt_madvise.run(&mut m, &ctx), Ok(Outcome::Keep));
+            m
+        })
+    });
+    // The floor: a fresh instance, the message in, parsed, one read, a verdict out.
+    let filter = runtime
+        .load(&dir.join("test_filter.wasm"), WasmLimits::default())
+        .expect("test_filter loads");
+    group.bench_function("floor-filter", |b| {
+        b.iter(|| {
+            let mut m = msg.clone();
+            assert_eq!(filter.run(&mut m, &ctx), Ok(Outcome::Keep));
+            m
+        })
+    });
+    // The same two with `reuse_instance`: one kept instance called again for every message.
+    let reuse = WasmLimits {
+        reuse_instance: true,
+        ..WasmLimits::default()
+    };
+    let adt_reuse = runtime
+        .load(&dir.join("adt_emr.wasm"), reuse.clone())
+        .expect("adt_emr loads");
+    group.bench_function("wasm-reuse", |b| {
+        b.iter(|| {
+            let mut m = msg.clone();
+            assert_eq!(adt_reuse.run(&mut m, &ctx), Ok(Outcome::Keep));
+            m
+        })
+    });
+    let filter_reuse = runtime
+        .load(&dir.join("test_filter.wasm"), reuse)
+        .expect("test_filter loads");
+    group.bench_function("floor-filter-reuse", |b| {
+        b.iter(|| {
+            let mut m = msg.clone();
+            assert_eq!(filter_reuse.run(&mut m, &ctx), Ok(Outcome::Keep));
             m
         })
     });

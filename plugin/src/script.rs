@@ -354,6 +354,13 @@ impl Step for ScriptStep {
     }
 
     fn run(&self, msg: &mut Message, ctx: &StepContext) -> Result<Outcome, StepError> {
+        on_script_stack(|| self.run_here(msg, ctx))
+    }
+}
+
+impl ScriptStep {
+    /// [`Step::run`] on the current thread.
+    fn run_here(&self, msg: &mut Message, ctx: &StepContext) -> Result<Outcome, StepError> {
         let deadline = Instant::now() + self.limits.deadline;
         let run = Arc::new(Run::new(
             msg.clone(),
@@ -399,6 +406,56 @@ impl Step for ScriptStep {
             }
         }
     }
+}
+
+/// The stack a script runs on in a debug build.
+///
+/// Rhai's evaluator recurses: each script function call level, and each level of a nested
+/// array or map that is cloned, compared, printed or dropped, is several native frames. In a
+/// release build `max_call_levels = 32` and `max_nesting = 32` (and a temporary nested about
+/// 7 × 32 deep by a recursive function) fit well within the 2 MiB a worker thread has by
+/// default (tokio's blocking pool, Rust's spawned threads); an unoptimised build's frames are
+/// several times larger and would overflow it — an abort of the whole engine, not an error.
+#[cfg(debug_assertions)]
+const DEBUG_SCRIPT_STACK: usize = 16 << 20;
+
+/// Runs `f` where a script's recursion hits its limits before the native stack runs out: on
+/// the calling thread in a release build, on a thread of its own with [`DEBUG_SCRIPT_STACK`]
+/// in a debug build (the caller's tracing subscriber and span go along, so log lines land
+/// where they would have). Everything deep — the engine, the scope, an error's value — is
+/// created and dropped inside `f`; only plain strings come back.
+fn on_script_stack<R: Send>(f: impl FnOnce() -> R + Send) -> R {
+    #[cfg(debug_assertions)]
+    {
+        let dispatch = tracing::dispatcher::get_default(|d| d.clone());
+        let span = tracing::Span::current();
+        let mut f = Some(f);
+        let outcome = std::thread::scope(|scope| {
+            let spawned = std::thread::Builder::new()
+                .name("courier-script".into())
+                .stack_size(DEBUG_SCRIPT_STACK)
+                .spawn_scoped(scope, || {
+                    let f = f.take()?;
+                    Some(tracing::dispatcher::with_default(&dispatch, || {
+                        span.in_scope(f)
+                    }))
+                });
+            match spawned {
+                Ok(handle) => handle
+                    .join()
+                    .unwrap_or_else(|panic| std::panic::resume_unwind(panic)),
+                // No thread to be had (resource limits): run here, as a release build does.
+                Err(_) => None,
+            }
+        });
+        match (outcome, f) {
+            (Some(r), _) => r,
+            (None, Some(f)) => f(),
+            (None, None) => unreachable!("the script thread took the closure and returned"),
+        }
+    }
+    #[cfg(not(debug_assertions))]
+    f()
 }
 
 /// The settings common to the compile engine and the per-run engines.

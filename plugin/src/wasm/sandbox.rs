@@ -118,6 +118,22 @@ impl HostState {
         })
     }
 
+    /// Makes a kept store ready for its next call (`WasmLimits::reuse_instance`): that call's
+    /// settings and tables, a sleep budget counted from now, and no refusal left over from
+    /// the call before (log lines and output were taken when that call ended).
+    pub(crate) fn begin_call(
+        &mut self,
+        settings: Arc<serde_json::Map<String, serde_json::Value>>,
+        tables: Arc<Tables>,
+    ) {
+        self.settings = settings;
+        self.tables = tables;
+        self.started = Instant::now();
+        self.limiter.refused = None;
+        self.logs.clear();
+        self.logs_dropped = 0;
+    }
+
     /// How long a guest may sleep now: nothing without the clock grant (its clock is frozen,
     /// so waiting could never end), otherwise what is left of the deadline (and a little more),
     /// after which the epoch deadline stops it as soon as it runs again.
@@ -261,23 +277,34 @@ pub(crate) fn cap_sleeps(linker: &mut Linker<HostState>) -> wasmtime::Result<()>
     clocks.func_wrap(
         "subscribe-duration",
         |mut store: StoreContextMut<'_, HostState>, (nanos,): (u64,)| {
+            let wanted = Duration::from_nanos(nanos);
             let budget = store.data().sleep_budget();
-            let wait = Duration::from_nanos(nanos).min(budget);
-            subscribe(store.data_mut(), wait)
+            cut_short(&mut store, wanted, budget);
+            subscribe(store.data_mut(), wanted.min(budget))
         },
     )?;
     clocks.func_wrap(
         "subscribe-instant",
         |mut store: StoreContextMut<'_, HostState>, (when,): (u64,)| {
-            let data = store.data_mut();
-            let budget = data.sleep_budget();
-            let now = monotonic_clock::Host::now(&mut data.clocks())?;
-            let wait = Duration::from_nanos(when.saturating_sub(now)).min(budget);
-            subscribe(data, wait)
+            let budget = store.data().sleep_budget();
+            let now = monotonic_clock::Host::now(&mut store.data_mut().clocks())?;
+            let wanted = Duration::from_nanos(when.saturating_sub(now));
+            cut_short(&mut store, wanted, budget);
+            subscribe(store.data_mut(), wanted.min(budget))
         },
     )?;
     linker.allow_shadowing(false);
     Ok(())
+}
+
+/// A wait cut at the deadline means the call is out of time: the epoch deadline is brought to
+/// now, so the guest stops the moment it runs again, however late the epoch thread is
+/// ticking on a loaded machine. (Without the clock grant a wait just returns at once: the
+/// frozen clock makes it meaningless, not overdue.)
+fn cut_short(store: &mut StoreContextMut<'_, HostState>, wanted: Duration, budget: Duration) {
+    if store.data().clock_granted && wanted > budget {
+        store.set_epoch_deadline(0);
+    }
 }
 
 fn subscribe(data: &mut HostState, wait: Duration) -> wasmtime::Result<(Resource<DynPollable>,)> {
