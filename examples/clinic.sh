@@ -78,5 +78,7 @@ fi
 echo
 echo "The clinic is running. Send more with:"
 echo "  $bin send examples/messages/*.hl7 --to 127.0.0.1:2575"
+echo "Run the route tests (examples/tests/) with:"
+echo "  $bin test examples/clinic.toml"
 echo "Ctrl-C to stop."
 wait

@@ -8,7 +8,10 @@
 pub mod config;
 pub mod destination;
 pub mod logging;
+pub mod messagefile;
+mod reload;
 pub mod route;
+pub mod routetest;
 pub mod runtime;
 pub mod steps;
 

@@ -13,12 +13,14 @@
 //! processed. Shutdown is one token: listeners stop accepting and finish the message in
 //! flight; destinations then deliver what is ready for up to `engine.shutdown_grace`.
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::Context;
+use arc_swap::ArcSwap;
 use bytes::Bytes;
 use courier_hl7::{
     AckCode, AckError, AckMode, ErrorCode, ErrorLocation, LineEndings, Message, ParseOptions, Path,
@@ -30,57 +32,54 @@ use courier_store::{
     StoreSettings,
 };
 use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{Instrument, error, info, info_span, warn};
 
-use crate::config::{AckPolicy, Config, LineEndingsConfig, UnroutedPolicy, parse_charset};
+use crate::config::{AckPolicy, Config, DestinationConfig, ListenerConfig, UnroutedPolicy};
 use crate::destination::durable::{self, Stops, Wake};
 use crate::destination::waiters::{Finished, Waiters};
 use crate::destination::{self, Delivery, DestinationHandle};
 use crate::route::{Envelope, Router};
-use crate::steps::{RouteResult, Steps, run_route};
+use crate::steps::{RouteResult, StepLoader, Steps, run_route};
 
 /// A running engine.
 pub struct Engine {
-    listeners: Vec<(String, SocketAddr)>,
+    bound: Bound,
     shutdown: CancellationToken,
-    done: tokio::task::JoinHandle<()>,
+    reload: tokio::sync::mpsc::Sender<()>,
+    done: JoinHandle<()>,
 }
+
+/// Each listener's bound address, by name (changes when a reload adds or moves listeners).
+type Bound = Arc<Mutex<Vec<(String, SocketAddr)>>>;
 
 impl Engine {
     /// Opens the store, recovers what a previous run left, binds every listener (failing
-    /// fast if one cannot bind), starts the destination workers and begins serving.
+    /// fast if one cannot bind), starts the destination workers and begins serving. From
+    /// then on the config file and the plugins and scripts it names are watched (unless
+    /// `[engine] watch = false`) and reloaded when they change (see the `reload` module).
     pub async fn start(config: Config) -> anyhow::Result<Engine> {
         let shutdown = CancellationToken::new();
-        let drain = CancellationToken::new();
-        let hard_stop = CancellationToken::new();
-        let workers = TaskTracker::new();
-        let names: Vec<Arc<str>> = config
-            .destinations
-            .iter()
-            .map(|d| d.get_ref().name.as_str().into())
-            .collect();
-        let order_keys = config
-            .destinations
-            .iter()
-            .map(|d| {
-                d.get_ref()
-                    .order_key
-                    .as_ref()
-                    .map(|k| Path::parse(k.get_ref()))
-                    .transpose()
-            })
-            .collect::<Result<Vec<_>, _>>()
-            .context("destination order_key")?;
+        let tasks = Tasks {
+            drain: CancellationToken::new(),
+            hard_stop: CancellationToken::new(),
+            shutdown: shutdown.clone(),
+            workers: TaskTracker::new(),
+            listeners: TaskTracker::new(),
+            ack_ids: Arc::new(AckIds::new()),
+            grace: Arc::new(GraceCell(AtomicU64::new(0))),
+        };
+        tasks.grace.set(config.engine.shutdown_grace);
 
-        let steps = Steps::load(
-            &config,
+        let mut loader = StepLoader::new(
             config
                 .store
                 .enabled
                 .then(|| config.store_dir().join("plugin-cache")),
-        )?;
+        );
+        let steps = loader.load(&config)?;
         let output = if config.store.enabled {
             let dir = config.store_dir();
             let store: Arc<dyn Store> = Arc::new(
@@ -94,14 +93,6 @@ impl Engine {
                 )
                 .with_context(|| format!("opening the store in {}", dir.display()))?,
             );
-            let waiters = Arc::new(Waiters::default());
-            if config
-                .listeners
-                .iter()
-                .any(|l| l.get_ref().ack_policy == AckPolicy::AfterDelivery)
-            {
-                waiters.enable();
-            }
             for r in store.recover_in_flight().await? {
                 warn!(
                     control_id = %r.control_id,
@@ -110,116 +101,94 @@ impl Engine {
                     "was in flight when the engine stopped; it will be sent again, flagged possible duplicate"
                 );
             }
-            let wakes = config
-                .destinations
-                .iter()
-                .map(|d| {
-                    durable::spawn(
-                        d.get_ref(),
-                        store.clone(),
-                        waiters.clone(),
-                        &workers,
-                        Stops {
-                            drain: drain.clone(),
-                            stop: hard_stop.clone(),
-                        },
-                    )
-                })
-                .collect();
-            spawn_pruner(&config, store.clone(), &workers, hard_stop.clone());
+            spawn_pruner(
+                &config,
+                store.clone(),
+                &tasks.workers,
+                tasks.hard_stop.clone(),
+            );
             Output::Durable {
                 store,
-                wakes,
-                waiters,
+                waiters: Arc::new(Waiters::default()),
             }
         } else {
             warn!("the store is off: acknowledged messages are lost if the engine stops");
-            Output::Memory(
-                config
-                    .destinations
-                    .iter()
-                    .map(|d| destination::spawn(d.get_ref(), &workers, hard_stop.clone()))
-                    .collect(),
-            )
+            Output::Memory
         };
-        workers.close();
-        let router = Router::new(&config, |name| names.iter().position(|d| &**d == name))?;
+        let mut dests = HashMap::new();
+        for d in &config.destinations {
+            let d = d.get_ref();
+            dests.insert(d.name.clone(), DestWorker::spawn(d, &output, &tasks, None));
+        }
+        let version = Version::build(1, &config, steps, &dests)?;
         let pipeline = Arc::new(Pipeline {
-            router,
-            steps,
-            names,
-            order_keys,
+            current: ArcSwap::from_pointee(version),
             output,
         });
+        pipeline.enable_waiters(&config);
         pipeline.recover(&config).await?;
-        let ack_ids = Arc::new(AckIds::new());
 
-        let listeners_tracker = TaskTracker::new();
-        let mut bound = Vec::new();
+        let bound: Bound = Arc::default();
+        let mut listeners = HashMap::new();
         for l in &config.listeners {
             let l = l.get_ref();
-            let addr: SocketAddr = l.bind.get_ref().parse().context("listener bind address")?;
-            let socket = TcpListener::bind(addr)
-                .await
-                .with_context(|| format!("listener {}: cannot bind {addr}", l.name))?;
-            let local = socket.local_addr()?;
-            info!(listener = %l.name, addr = %local, "listening");
-            bound.push((l.name.clone(), local));
-            let intake = Arc::new(Intake {
-                listener: l.name.as_str().into(),
-                options: listener_options(l)?,
-                unrouted: l.unrouted,
-                ack_policy: l.ack_policy,
-                delivery_wait: l.delivery_wait,
-                duplicate_window: l.duplicate_window,
-                pipeline: pipeline.clone(),
-                ack_ids: ack_ids.clone(),
-                shutdown: shutdown.clone(),
-            });
-            let settings = ListenerSettings {
-                name: l.name.clone(),
-                max_connections: l.max_connections,
-                idle_timeout: l.idle_timeout,
-                max_frame_size: l.max_frame_size,
-            };
-            let token = shutdown.clone();
-            let name = l.name.clone();
-            listeners_tracker.spawn(async move {
-                if let Err(e) = courier_mllp::serve(socket, settings, intake, token).await {
-                    warn!(listener = %name, error = %e, "listener stopped with an error");
-                }
-            });
+            let run = ListenerRun::start(l, &pipeline, &tasks, None).await?;
+            bound
+                .lock()
+                .expect("bound")
+                .push((l.name.clone(), run.addr));
+            listeners.insert(l.name.clone(), run);
         }
-        listeners_tracker.close();
-        drop(pipeline);
 
-        let grace = config.engine.shutdown_grace;
-        let token = shutdown.clone();
+        let live = Live {
+            config,
+            pipeline,
+            loader,
+            dests,
+            listeners,
+            bound: bound.clone(),
+            tasks: tasks.clone(),
+        };
+        let (reload, requests) = tokio::sync::mpsc::channel(4);
+        let reloader = tokio::spawn(crate::reload::run(live, requests, shutdown.clone()));
+
+        let grace = tasks.grace.clone();
         let done = tokio::spawn(async move {
-            token.cancelled().await;
-            listeners_tracker.wait().await;
+            tasks.shutdown.cancelled().await;
+            // The reloader finishes a reload in progress, then stops, dropping what it held
+            // (the in-memory queues' last senders among it).
+            let _ = reloader.await;
+            tasks.listeners.close();
+            tasks.listeners.wait().await;
             info!("listeners closed; delivering what is ready");
             // Durable workers stop once nothing is ready to send; in-memory ones once their
             // queue is empty (the listeners held the last senders). Either way, not beyond
             // the grace period: what is left stays in the store for the next start.
-            drain.cancel();
-            if tokio::time::timeout(grace, workers.wait()).await.is_err() {
-                hard_stop.cancel();
-                workers.wait().await;
+            tasks.drain.cancel();
+            tasks.workers.close();
+            if tokio::time::timeout(grace.get(), tasks.workers.wait())
+                .await
+                .is_err()
+            {
+                tasks.hard_stop.cancel();
+                tasks.workers.wait().await;
             }
-            hard_stop.cancel();
+            tasks.hard_stop.cancel();
             info!("stopped");
         });
         Ok(Engine {
-            listeners: bound,
+            bound,
             shutdown,
+            reload,
             done,
         })
     }
 
     /// The address each listener is bound to, by name.
     pub fn listener_addr(&self, name: &str) -> Option<SocketAddr> {
-        self.listeners
+        self.bound
+            .lock()
+            .expect("bound")
             .iter()
             .find(|(n, _)| n == name)
             .map(|(_, a)| *a)
@@ -230,21 +199,49 @@ impl Engine {
         self.shutdown.clone()
     }
 
+    /// Asks for a reload of the config file and every plugin and script (as SIGHUP does).
+    pub fn request_reload(&self) {
+        let _ = self.reload.try_send(());
+    }
+
     /// Waits until the engine has stopped (after the shutdown token is cancelled).
     pub async fn wait(self) {
         let _ = self.done.await;
     }
 }
 
-fn listener_options(l: &crate::config::ListenerConfig) -> anyhow::Result<ParseOptions> {
-    Ok(ParseOptions {
-        line_endings: match l.line_endings {
-            LineEndingsConfig::Strict => LineEndings::Strict,
-            LineEndingsConfig::Lenient => LineEndings::Lenient,
-        },
-        default_charset: parse_charset(l.default_charset.get_ref())
-            .context("listener default_charset")?,
-    })
+/// The tokens and trackers every task of the engine hangs on.
+#[derive(Clone)]
+struct Tasks {
+    /// Listeners stop accepting and finish the frame in flight.
+    shutdown: CancellationToken,
+    /// Destination workers finish what is ready, then stop.
+    drain: CancellationToken,
+    /// Destination workers stop now.
+    hard_stop: CancellationToken,
+    /// Destination workers and the pruner.
+    workers: TaskTracker,
+    /// Listener tasks.
+    listeners: TaskTracker,
+    ack_ids: Arc<AckIds>,
+    /// The shutdown grace period, which a reload may change.
+    grace: Arc<GraceCell>,
+}
+
+/// A duration shared between the reloader and the shutdown task.
+#[derive(Debug)]
+struct GraceCell(AtomicU64);
+
+impl GraceCell {
+    fn get(&self) -> Duration {
+        Duration::from_millis(self.0.load(Ordering::Relaxed))
+    }
+    fn set(&self, d: Duration) {
+        self.0.store(
+            d.as_millis().min(u64::MAX as u128) as u64,
+            Ordering::Relaxed,
+        );
+    }
 }
 
 fn spawn_pruner(
@@ -273,72 +270,389 @@ fn spawn_pruner(
     });
 }
 
+/// Where copies go: the same for the engine's whole life (the store cannot be swapped by a
+/// reload).
 enum Output {
     /// The store's durable queues (the default).
     Durable {
         store: Arc<dyn Store>,
-        wakes: Vec<Wake>,
         waiters: Arc<Waiters>,
     },
     /// In-memory bounded queues (`[store] enabled = false`).
-    Memory(Vec<DestinationHandle>),
+    Memory,
 }
 
-struct Pipeline {
-    router: Router,
-    steps: Steps,
-    /// Destination names, by index.
-    names: Vec<Arc<str>>,
-    /// Each destination's `order_key` path.
-    order_keys: Vec<Option<Path>>,
-    output: Output,
+/// How a version of the config reaches one destination.
+#[derive(Clone)]
+enum DestOut {
+    /// Wakes the durable worker (the copy itself is in the store).
+    Durable(Wake),
+    /// The in-memory queue.
+    Memory(DestinationHandle),
 }
 
-/// What routing and the route steps made of a message.
-#[derive(Default)]
-struct Processed {
-    /// One copy per (route, destination): route name, destination index, bytes, order key.
-    copies: Vec<(Arc<str>, usize, Bytes, String)>,
-    /// Every step's result, in order.
-    steps: Vec<StepRecord>,
-    /// Routes that matched.
-    matched: usize,
-    /// Routes on which a step failed, with the reason (no patient data).
-    failures: Vec<String>,
+/// One destination's worker, as the reloader tracks it.
+struct DestWorker {
+    config: DestinationConfig,
+    out: DestOut,
+    /// Ends the worker after the send in progress (a reload removed or changed it).
+    retire: CancellationToken,
+    task: Option<JoinHandle<()>>,
 }
 
-impl Processed {
-    fn processing(&self, names: &[Arc<str>]) -> Processing {
-        let status = if !self.failures.is_empty() {
-            ProcessingStatus::Error
-        } else if self.matched == 0 {
-            ProcessingStatus::Unrouted
-        } else if self.copies.is_empty() {
-            ProcessingStatus::Filtered
-        } else {
-            ProcessingStatus::Processed
-        };
-        Processing {
-            status,
-            reason: (!self.failures.is_empty()).then(|| self.failures.join("; ")),
-            steps: self.steps.clone(),
-            deliveries: self
-                .copies
-                .iter()
-                .map(|(route, d, payload, key)| NewDelivery {
-                    route: route.to_string(),
-                    destination: names[*d].to_string(),
-                    payload: payload.clone(),
-                    order_key: key.clone(),
-                })
-                .collect(),
+impl DestWorker {
+    /// Starts a worker; with `after`, only once that (retired) worker of the same
+    /// destination has finished, so two workers never share a queue.
+    fn spawn(
+        cfg: &DestinationConfig,
+        output: &Output,
+        tasks: &Tasks,
+        after: Option<JoinHandle<()>>,
+    ) -> DestWorker {
+        let retire = CancellationToken::new();
+        match output {
+            Output::Durable { store, waiters } => {
+                let (wake, task) = durable::spawn(
+                    cfg,
+                    store.clone(),
+                    waiters.clone(),
+                    &tasks.workers,
+                    Stops {
+                        drain: tasks.drain.clone(),
+                        stop: tasks.hard_stop.clone(),
+                        retire: retire.clone(),
+                    },
+                    after,
+                );
+                DestWorker {
+                    config: cfg.clone(),
+                    out: DestOut::Durable(wake),
+                    retire,
+                    task: Some(task),
+                }
+            }
+            Output::Memory => DestWorker {
+                config: cfg.clone(),
+                // The worker ends when the last version holding this handle is gone and its
+                // queue is delivered: messages already queued still go to the old address.
+                out: DestOut::Memory(destination::spawn(
+                    cfg,
+                    &tasks.workers,
+                    tasks.hard_stop.clone(),
+                )),
+                retire,
+                task: None,
+            },
         }
+    }
+
+    /// Ends the worker after its send in progress; its task, to wait on.
+    fn retire(mut self) -> Option<JoinHandle<()>> {
+        self.retire.cancel();
+        self.task.take()
     }
 }
 
-impl Pipeline {
+/// One listener, as the reloader tracks it.
+struct ListenerRun {
+    config: ListenerConfig,
+    addr: SocketAddr,
+    intake: Arc<Intake>,
+    /// Stops this listener alone (a child of the engine's shutdown).
+    stop: CancellationToken,
+}
+
+impl ListenerRun {
+    /// Binds and serves a listener. `replacing`: a listener on the same address being
+    /// stopped; the bind is retried for a while as its socket closes.
+    async fn start(
+        l: &ListenerConfig,
+        pipeline: &Arc<Pipeline>,
+        tasks: &Tasks,
+        replacing: Option<SocketAddr>,
+    ) -> anyhow::Result<ListenerRun> {
+        let addr: SocketAddr = l.bind.get_ref().parse().context("listener bind address")?;
+        let addr = match replacing {
+            // `:0` picked a port before: keep it, so senders need not be told.
+            Some(old) if addr.port() == 0 && old.ip() == addr.ip() => old,
+            _ => addr,
+        };
+        let mut tries = 0;
+        let socket = loop {
+            match TcpListener::bind(addr).await {
+                Ok(s) => break s,
+                Err(e) if replacing.is_some() && tries < 50 => {
+                    tries += 1;
+                    tracing::debug!(error = %e, "address still in use; retrying");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                Err(e) => {
+                    return Err(e)
+                        .with_context(|| format!("listener {}: cannot bind {addr}", l.name));
+                }
+            }
+        };
+        let local = socket.local_addr()?;
+        info!(listener = %l.name, addr = %local, "listening");
+        let intake = Arc::new(Intake {
+            listener: l.name.as_str().into(),
+            settings: ArcSwap::from_pointee(IntakeSettings::of(l)),
+            pipeline: pipeline.clone(),
+            ack_ids: tasks.ack_ids.clone(),
+            shutdown: tasks.shutdown.clone(),
+        });
+        let settings = ListenerSettings {
+            name: l.name.clone(),
+            max_connections: l.max_connections,
+            idle_timeout: l.idle_timeout,
+            max_frame_size: l.max_frame_size,
+        };
+        let stop = tasks.shutdown.child_token();
+        let token = stop.clone();
+        let name = l.name.clone();
+        let handler = intake.clone();
+        tasks.listeners.spawn(async move {
+            if let Err(e) = courier_mllp::serve(socket, settings, handler, token).await {
+                warn!(listener = %name, error = %e, "listener stopped with an error");
+            }
+        });
+        Ok(ListenerRun {
+            config: l.clone(),
+            addr: local,
+            intake,
+            stop,
+        })
+    }
+
+    /// Does a change from `self` to `new` need a new socket (rather than new settings)?
+    fn needs_rebind(&self, new: &ListenerConfig) -> bool {
+        let old = &self.config;
+        old.bind != new.bind
+            || old.max_connections != new.max_connections
+            || old.idle_timeout != new.idle_timeout
+            || old.max_frame_size != new.max_frame_size
+    }
+}
+
+/// What the engine is running, for the reloader to change.
+pub(crate) struct Live {
+    config: Config,
+    pipeline: Arc<Pipeline>,
+    loader: StepLoader,
+    dests: HashMap<String, DestWorker>,
+    listeners: HashMap<String, ListenerRun>,
+    bound: Bound,
+    tasks: Tasks,
+}
+
+/// Why a reload was refused: the running version keeps serving.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum ReloadError {
+    /// The config file does not load.
+    #[error("{0}")]
+    Config(#[from] crate::config::ConfigError),
+    /// A plugin or script does not load.
+    #[error("{0}")]
+    Step(#[from] crate::steps::StepLoadError),
+    /// Anything else about the new config (an order key, a charset).
+    #[error("{0:#}")]
+    Other(#[from] anyhow::Error),
+}
+
+impl Live {
+    /// The config file being run.
+    pub(crate) fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// The step files of the running version with their content hashes.
+    pub(crate) fn step_files(&self) -> Vec<(String, String)> {
+        self.pipeline.current.load().steps.files()
+    }
+
+    /// The version number serving now.
+    pub(crate) fn version(&self) -> u64 {
+        self.pipeline.current.load().number
+    }
+
+    /// Loads the config file and every step again, and if all of it loads, swaps it in:
+    /// new messages take the new version while those in flight finish on the old one.
+    /// Listeners and destinations that did not change are left alone, connections and all.
+    pub(crate) async fn reload(&mut self) -> Result<u64, ReloadError> {
+        let mut config = Config::load(&self.config.source)?;
+        config.store.dir = self.config.store.dir.clone();
+        if config.store != self.config.store {
+            warn!(
+                "[store] changed; it takes effect at the next restart (the running store is kept)"
+            );
+            config.store = self.config.store.clone();
+        }
+        // Check everything before changing anything.
+        for d in &config.destinations {
+            let d = d.get_ref();
+            if let Some(k) = &d.order_key {
+                Path::parse(k.get_ref())
+                    .with_context(|| format!("destination {}: order_key", d.name))?;
+            }
+        }
+        for l in &config.listeners {
+            let _: SocketAddr = l
+                .get_ref()
+                .bind
+                .get_ref()
+                .parse()
+                .with_context(|| format!("listener {}: bind address", l.get_ref().name))?;
+        }
+        let steps = self.loader.load(&config)?;
+        let number = self.version() + 1;
+
+        // Destinations: new and changed ones get a worker (a changed one's starts once the
+        // old one has finished its send in progress); removed ones are retired.
+        for d in &config.destinations {
+            let d = d.get_ref();
+            match self.dests.get(&d.name) {
+                Some(w) if w.config == *d => {}
+                Some(_) => {
+                    let old = self.dests.remove(&d.name).expect("present");
+                    let after = old.retire();
+                    info!(destination = %d.name, "destination changed; its worker restarts after the send in progress");
+                    let w = DestWorker::spawn(d, &self.pipeline.output, &self.tasks, after);
+                    self.dests.insert(d.name.clone(), w);
+                }
+                None => {
+                    info!(destination = %d.name, "destination added");
+                    let w = DestWorker::spawn(d, &self.pipeline.output, &self.tasks, None);
+                    self.dests.insert(d.name.clone(), w);
+                }
+            }
+        }
+        let version = Version::build(number, &config, steps, &self.dests)?;
+        let removed: Vec<String> = self
+            .dests
+            .keys()
+            .filter(|n| !config.destinations.iter().any(|d| &d.get_ref().name == *n))
+            .cloned()
+            .collect();
+        for name in removed {
+            if let Some(w) = self.dests.remove(&name) {
+                warn!(destination = %name, "destination removed; deliveries still queued for it stay in the store");
+                w.retire();
+            }
+        }
+        self.pipeline.current.store(Arc::new(version));
+        self.pipeline.enable_waiters(&config);
+        self.tasks.grace.set(config.engine.shutdown_grace);
+
+        // Listeners: settings change in place; a new address or transport limit means a new
+        // socket (the old one finishes its frames in flight); removed ones stop.
+        for l in &config.listeners {
+            let l = l.get_ref();
+            let old = self.listeners.remove(&l.name);
+            let replacing = match &old {
+                Some(run) if !run.needs_rebind(l) => {
+                    let settings = IntakeSettings::of(l);
+                    run.intake.settings.store(Arc::new(settings));
+                    let mut run = old.expect("present");
+                    run.config = l.clone();
+                    self.listeners.insert(l.name.clone(), run);
+                    continue;
+                }
+                Some(run) => {
+                    info!(listener = %l.name, "listener changed; it is bound again");
+                    run.stop.cancel();
+                    (run.config.bind == l.bind).then_some(run.addr)
+                }
+                None => None,
+            };
+            match ListenerRun::start(l, &self.pipeline, &self.tasks, replacing).await {
+                Ok(run) => {
+                    self.listeners.insert(l.name.clone(), run);
+                }
+                Err(e) => {
+                    error!(listener = %l.name, error = format!("{e:#}"), "listener could not start")
+                }
+            }
+        }
+        let gone: Vec<String> = self
+            .listeners
+            .keys()
+            .filter(|n| !config.listeners.iter().any(|l| &l.get_ref().name == *n))
+            .cloned()
+            .collect();
+        for name in gone {
+            if let Some(run) = self.listeners.remove(&name) {
+                info!(listener = %name, "listener removed; it finishes its messages in flight and closes");
+                run.stop.cancel();
+            }
+        }
+        let mut bound: Vec<(String, SocketAddr)> = self
+            .listeners
+            .iter()
+            .map(|(n, r)| (n.clone(), r.addr))
+            .collect();
+        bound.sort();
+        *self.bound.lock().expect("bound") = bound;
+        if config.engine.watch != self.config.engine.watch {
+            info!(watch = config.engine.watch, "file watching changed");
+        }
+        self.config = config;
+        Ok(number)
+    }
+}
+
+/// One version of what a message is processed with: routes, steps and where each
+/// destination is. Swapped whole on reload; a message takes one version for its whole way.
+pub(crate) struct Version {
+    number: u64,
+    router: Router,
+    steps: Steps,
+    /// By destination index (config order): name, order key and where copies go.
+    dests: Vec<DestRef>,
+}
+
+struct DestRef {
+    name: Arc<str>,
+    order_key: Option<Path>,
+    out: DestOut,
+}
+
+impl Version {
+    fn build(
+        number: u64,
+        config: &Config,
+        steps: Steps,
+        workers: &HashMap<String, DestWorker>,
+    ) -> anyhow::Result<Version> {
+        let mut dests = Vec::with_capacity(config.destinations.len());
+        for d in &config.destinations {
+            let d = d.get_ref();
+            let order_key = d
+                .order_key
+                .as_ref()
+                .map(|k| Path::parse(k.get_ref()))
+                .transpose()
+                .with_context(|| format!("destination {}: order_key", d.name))?;
+            let out = workers
+                .get(&d.name)
+                .map(|w| w.out.clone())
+                .with_context(|| format!("destination {} has no worker", d.name))?;
+            dests.push(DestRef {
+                name: d.name.as_str().into(),
+                order_key,
+                out,
+            });
+        }
+        let router = Router::new(config, |name| dests.iter().position(|d| &*d.name == name))?;
+        Ok(Version {
+            number,
+            router,
+            steps,
+            dests,
+        })
+    }
+
     /// Routes a message and runs each matching route's steps on its own copy. Blocking when
-    /// a route has steps: see [`Pipeline::process_async`].
+    /// a route has steps: see [`Pipeline::process`].
     fn process(&self, listener: &str, env: &Envelope, msg: &Message) -> Processed {
         let mut out = Processed::default();
         let control_id: Arc<str> = msg.control_id().unwrap_or_default().into();
@@ -369,7 +683,8 @@ impl Pipeline {
             };
             let payload = sent.encode();
             for &d in &route.destinations {
-                let key = self.order_keys[d]
+                let key = self.dests[d]
+                    .order_key
                     .as_ref()
                     .and_then(|p| sent.get(p))
                     .unwrap_or_default();
@@ -379,36 +694,103 @@ impl Pipeline {
         }
         out
     }
+}
 
-    /// [`Pipeline::process`], off the async worker threads when a matching route has steps
-    /// (plugins and scripts are CPU-bound).
-    async fn process_async(
+struct Pipeline {
+    /// The version new messages take.
+    current: ArcSwap<Version>,
+    output: Output,
+}
+
+/// What routing and the route steps made of a message.
+#[derive(Default)]
+struct Processed {
+    /// One copy per (route, destination): route name, destination index in the version,
+    /// bytes, order key.
+    copies: Vec<(Arc<str>, usize, Bytes, String)>,
+    /// Every step's result, in order.
+    steps: Vec<StepRecord>,
+    /// Routes that matched.
+    matched: usize,
+    /// Routes on which a step failed, with the reason (no patient data).
+    failures: Vec<String>,
+}
+
+impl Processed {
+    fn processing(&self, version: &Version) -> Processing {
+        let status = if !self.failures.is_empty() {
+            ProcessingStatus::Error
+        } else if self.matched == 0 {
+            ProcessingStatus::Unrouted
+        } else if self.copies.is_empty() {
+            ProcessingStatus::Filtered
+        } else {
+            ProcessingStatus::Processed
+        };
+        Processing {
+            status,
+            reason: (!self.failures.is_empty()).then(|| self.failures.join("; ")),
+            steps: self.steps.clone(),
+            deliveries: self
+                .copies
+                .iter()
+                .map(|(route, d, payload, key)| NewDelivery {
+                    route: route.to_string(),
+                    destination: version.dests[*d].name.to_string(),
+                    payload: payload.clone(),
+                    order_key: key.clone(),
+                })
+                .collect(),
+        }
+    }
+}
+
+impl Pipeline {
+    /// The current version's processing, off the async worker threads when a matching route
+    /// has steps (plugins and scripts are CPU-bound). The message keeps the version it took
+    /// here for the rest of its way.
+    async fn process(
         self: &Arc<Self>,
         listener: &Arc<str>,
         env: &Envelope,
         msg: &Message,
-    ) -> Processed {
-        let blocking = self
+    ) -> (Arc<Version>, Processed) {
+        let version = self.current.load_full();
+        let blocking = version
             .router
             .select(listener, env, msg)
-            .any(|r| self.steps.has_steps(r.index));
+            .any(|r| version.steps.has_steps(r.index));
         if !blocking {
-            return self.process(listener, env, msg);
+            let processed = version.process(listener, env, msg);
+            return (version, processed);
         }
-        let (me, listener, env, msg) = (self.clone(), listener.clone(), env.clone(), msg.clone());
-        tokio::task::spawn_blocking(move || me.process(&listener, &env, &msg))
+        let (v, listener, env, msg) = (version.clone(), listener.clone(), env.clone(), msg.clone());
+        let processed = tokio::task::spawn_blocking(move || v.process(&listener, &env, &msg))
             .await
             .unwrap_or_else(|e| Processed {
                 failures: vec![format!("route steps panicked: {e}")],
                 matched: 1,
                 ..Processed::default()
-            })
+            });
+        (version, processed)
     }
 
-    fn wake(&self, processed: &Processed) {
-        if let Output::Durable { wakes, .. } = &self.output {
-            for (_, d, _, _) in &processed.copies {
-                wakes[*d].wake();
+    /// `after-delivery` needs the destinations' outcomes reported.
+    fn enable_waiters(&self, config: &Config) {
+        if let Output::Durable { waiters, .. } = &self.output
+            && config
+                .listeners
+                .iter()
+                .any(|l| l.get_ref().ack_policy == AckPolicy::AfterDelivery)
+        {
+            waiters.enable();
+        }
+    }
+
+    fn wake(version: &Version, processed: &Processed) {
+        for (_, d, _, _) in &processed.copies {
+            if let DestOut::Durable(wake) = &version.dests[*d].out {
+                wake.wake();
             }
         }
     }
@@ -431,8 +813,7 @@ impl Pipeline {
                 .listeners
                 .iter()
                 .find(|l| l.get_ref().name == m.message.listener)
-                .map(|l| listener_options(l.get_ref()))
-                .transpose()?
+                .map(|l| l.get_ref().parse_options())
                 .unwrap_or(ParseOptions {
                     line_endings: LineEndings::Lenient,
                     ..ParseOptions::default()
@@ -440,11 +821,12 @@ impl Pipeline {
             let processing = match Message::parse_with(m.message.raw.clone(), &options) {
                 Ok(msg) => {
                     let env = Envelope::of(&msg);
-                    let processed = self.process(&m.message.listener, &env, &msg);
+                    let listener: Arc<str> = m.message.listener.as_str().into();
+                    let (version, processed) = self.process(&listener, &env, &msg).await;
                     store
-                        .complete_processing(m.id, processed.processing(&self.names))
+                        .complete_processing(m.id, processed.processing(&version))
                         .await?;
-                    self.wake(&processed);
+                    Pipeline::wake(&version, &processed);
                     continue;
                 }
                 Err(e) => Processing {
@@ -505,14 +887,34 @@ pub fn hl7_now() -> String {
 /// One listener's message handling.
 struct Intake {
     listener: Arc<str>,
+    /// Swapped by a reload that changes them (the socket stays).
+    settings: ArcSwap<IntakeSettings>,
+    pipeline: Arc<Pipeline>,
+    ack_ids: Arc<AckIds>,
+    shutdown: CancellationToken,
+}
+
+/// A listener's settings that apply per message.
+struct IntakeSettings {
     options: ParseOptions,
     unrouted: UnroutedPolicy,
     ack_policy: AckPolicy,
     delivery_wait: Duration,
     duplicate_window: Option<Duration>,
-    pipeline: Arc<Pipeline>,
-    ack_ids: Arc<AckIds>,
-    shutdown: CancellationToken,
+    mllp_release: u8,
+}
+
+impl IntakeSettings {
+    fn of(l: &ListenerConfig) -> IntakeSettings {
+        IntakeSettings {
+            options: l.parse_options(),
+            unrouted: l.unrouted,
+            ack_policy: l.ack_policy,
+            delivery_wait: l.delivery_wait,
+            duplicate_window: l.duplicate_window,
+            mllp_release: l.mllp_release,
+        }
+    }
 }
 
 /// How a message was answered.
@@ -532,8 +934,13 @@ impl Handler for Intake {
     async fn handle(&self, frame: Bytes, peer: &PeerInfo) -> Option<Bytes> {
         let started = Instant::now();
         let span = info_span!("message", listener = %self.listener, peer = %peer.peer);
+        let set = self.settings.load_full();
+        let set = &*set;
+        if set.mllp_release == 2 {
+            return Some(self.commit(set, frame, peer).instrument(span).await);
+        }
         async {
-            let msg = match self.parse(&frame) {
+            let msg = match self.parse(set, &frame) {
                 Ok(m) => m,
                 Err(err) => {
                     warn!(
@@ -555,10 +962,10 @@ impl Handler for Intake {
             let env = Envelope::of(&msg);
             let (answer, stored) = match &self.pipeline.output {
                 Output::Durable { store, .. } => {
-                    self.process_durable(store, &msg, &env, &control_id, peer)
+                    self.process_durable(set, store, &msg, &env, &control_id, peer)
                         .await
                 }
-                Output::Memory(queues) => (self.process_memory(queues, &msg, &env).await, None),
+                Output::Memory => (self.process_memory(set, &msg, &env).await, None),
             };
             let elapsed_us = started.elapsed().as_micros() as u64;
             let (code, error) = match answer {
@@ -593,7 +1000,7 @@ impl Handler for Intake {
                 }
             };
             let ack = build_ack(&msg, code, error.as_ref(), &self.ack_ids.next(), &hl7_now());
-            if let (Some((store, id)), Some(_)) = (stored, self.duplicate_window)
+            if let (Some((store, id)), Some(_)) = (stored, set.duplicate_window)
                 && let Err(e) = store.record_ack(id, ack.clone()).await
             {
                 warn!(error = %e, "could not keep the ACK for duplicate replay");
@@ -608,7 +1015,106 @@ impl Handler for Intake {
 type Stored = Option<(Arc<dyn Store>, courier_store::MessageId)>;
 
 impl Intake {
-    fn parse(&self, frame: &Bytes) -> Result<Message, AckError> {
+    /// MLLP release 2: the answer is a commit acknowledgement, ACK once the message is
+    /// durably stored and NAK when it could not be (the sender then sends it again). The
+    /// transport has no way to refuse content, so a message that cannot be read is stored
+    /// too, recorded as errored with the reason, where `courier messages list --status error`
+    /// finds it: nothing a sender handed over is lost.
+    async fn commit(&self, set: &IntakeSettings, frame: Bytes, peer: &PeerInfo) -> Bytes {
+        let Output::Durable { store, .. } = &self.pipeline.output else {
+            // The config refuses release 2 without the store.
+            return Bytes::from_static(courier_mllp::COMMIT_NAK);
+        };
+        let started = Instant::now();
+        let msg = match self.parse(set, &frame) {
+            Ok(m) => m,
+            Err(err) => {
+                let stored = self.journal_unreadable(store, &frame, &err, peer).await;
+                return if stored {
+                    warn!(code = err.code.code(), error = %err.text, bytes = frame.len(), "not a readable HL7 message; stored as errored (release 2 commit ACK sent)");
+                    Bytes::from_static(courier_mllp::COMMIT_ACK)
+                } else {
+                    Bytes::from_static(courier_mllp::COMMIT_NAK)
+                };
+            }
+        };
+        let control_id = msg.control_id().unwrap_or_default();
+        let env = Envelope::of(&msg);
+        let (answer, stored) = self
+            .process_durable(set, store, &msg, &env, &control_id, peer)
+            .await;
+        let elapsed_us = started.elapsed().as_micros() as u64;
+        let reply = match (&answer, &stored) {
+            (Answer::Refused(_, err), None) => {
+                warn!(%control_id, message_type = %env.message_type, error = %err.text, elapsed_us, "not stored; commit NAK sent, the sender will resend");
+                courier_mllp::COMMIT_NAK
+            }
+            (Answer::Refused(_, err), Some(_)) => {
+                warn!(%control_id, message_type = %env.message_type, error = %err.text, elapsed_us, "stored, with an error recorded; commit ACK sent");
+                courier_mllp::COMMIT_ACK
+            }
+            (Answer::Replay(_), _) => {
+                info!(%control_id, message_type = %env.message_type, "duplicate of a message already stored; commit ACK sent");
+                courier_mllp::COMMIT_ACK
+            }
+            _ => {
+                info!(%control_id, message_type = %env.message_type, elapsed_us, "stored; commit ACK sent");
+                courier_mllp::COMMIT_ACK
+            }
+        };
+        if let (Some((store, id)), Some(_)) = (&stored, set.duplicate_window)
+            && let Err(e) = store
+                .record_ack(*id, Bytes::from_static(courier_mllp::COMMIT_ACK))
+                .await
+        {
+            warn!(error = %e, "could not keep the ACK for duplicate replay");
+        }
+        Bytes::from_static(reply)
+    }
+
+    /// Stores a frame that is not a readable message, recorded as errored; false if the
+    /// store failed.
+    async fn journal_unreadable(
+        &self,
+        store: &Arc<dyn Store>,
+        frame: &Bytes,
+        err: &AckError,
+        peer: &PeerInfo,
+    ) -> bool {
+        let journaled = store
+            .journal(NewMessage {
+                received_at: SystemTime::now(),
+                listener: self.listener.to_string(),
+                peer: peer.peer.to_string(),
+                control_id: String::new(),
+                message_type: String::new(),
+                sending_application: String::new(),
+                sending_facility: String::new(),
+                patient_id: String::new(),
+                raw: frame.clone(),
+            })
+            .await;
+        let id = match journaled {
+            Ok(id) => id,
+            Err(e) => {
+                error!(error = %e, "cannot store the frame; commit NAK sent");
+                return false;
+            }
+        };
+        let processing = Processing {
+            status: ProcessingStatus::Error,
+            reason: Some(format!("not a readable HL7 message: {}", err.text)),
+            steps: Vec::new(),
+            deliveries: Vec::new(),
+        };
+        if let Err(e) = store.complete_processing(id, processing).await {
+            // Stored all the same: the next start records it as unreadable.
+            warn!(error = %e, message = %id, "could not record why the message is unreadable");
+        }
+        true
+    }
+
+    fn parse(&self, set: &IntakeSettings, frame: &Bytes) -> Result<Message, AckError> {
         if frame.starts_with(b"FHS") || frame.starts_with(b"BHS") {
             return Err(AckError {
                 code: ErrorCode::UnsupportedMessageType,
@@ -618,7 +1124,7 @@ impl Intake {
                 severity: Severity::Error,
             });
         }
-        let msg = Message::parse_with(frame.clone(), &self.options)
+        let msg = Message::parse_with(frame.clone(), &set.options)
             .map_err(|e| AckError::from_parse_error(&e))?;
         if msg.message_type().code.is_empty() {
             return Err(AckError {
@@ -639,8 +1145,8 @@ impl Intake {
         Ok(msg)
     }
 
-    fn unrouted_answer(&self, env: &Envelope) -> Answer {
-        match self.unrouted {
+    fn unrouted_answer(&self, set: &IntakeSettings, env: &Envelope) -> Answer {
+        match set.unrouted {
             UnroutedPolicy::Accept => Answer::Unrouted,
             UnroutedPolicy::Reject => Answer::Refused(
                 AckCode::AR,
@@ -659,6 +1165,7 @@ impl Intake {
 
     async fn process_durable(
         &self,
+        set: &IntakeSettings,
         store: &Arc<dyn Store>,
         msg: &Message,
         env: &Envelope,
@@ -667,7 +1174,7 @@ impl Intake {
     ) -> (Answer, Stored) {
         let msh = |n: usize| msg.get(&Path::new("MSH").with_field(n)).unwrap_or_default();
         let (sending_application, sending_facility) = (msh(3), msh(4));
-        if let Some(window) = self.duplicate_window {
+        if let Some(window) = set.duplicate_window {
             let since = SystemTime::now()
                 .checked_sub(window)
                 .unwrap_or(SystemTime::UNIX_EPOCH);
@@ -721,20 +1228,19 @@ impl Intake {
             }
         };
         let stored = Some((store.clone(), id));
-        let p = &self.pipeline;
-        let processed = p.process_async(&self.listener, env, msg).await;
+        let (version, processed) = self.pipeline.process(&self.listener, env, msg).await;
         let copies = processed.copies.len();
         let recorded = store
-            .complete_processing(id, processed.processing(&p.names))
+            .complete_processing(id, processed.processing(&version))
             .await;
         let ids = match recorded {
             Ok(ids) => {
-                p.wake(&processed);
+                Pipeline::wake(&version, &processed);
                 ids
             }
             Err(e) => {
                 error!(error = %e, message = %id, "processing could not be recorded; it is processed again at the next start");
-                if self.ack_policy == AckPolicy::AfterStore {
+                if set.ack_policy == AckPolicy::AfterStore {
                     return (Answer::Accepted { copies }, stored);
                 }
                 return (
@@ -751,27 +1257,31 @@ impl Intake {
                 );
             }
         };
-        if let Some(answer) = self.step_answer(&processed) {
+        if let Some(answer) = self.step_answer(set, &processed) {
             return (answer, stored);
         }
         if processed.matched == 0 {
-            return (self.unrouted_answer(env), stored);
+            return (self.unrouted_answer(set, env), stored);
         }
-        if copies == 0 || self.ack_policy != AckPolicy::AfterDelivery {
+        if copies == 0 || set.ack_policy != AckPolicy::AfterDelivery {
             return (Answer::Accepted { copies }, stored);
         }
-        (self.wait_for_delivery(&ids).await, stored)
+        (self.wait_for_delivery(set, &ids).await, stored)
     }
 
     /// `after-delivery`: the destinations' verdict, relayed.
-    async fn wait_for_delivery(&self, ids: &[courier_store::DeliveryId]) -> Answer {
+    async fn wait_for_delivery(
+        &self,
+        set: &IntakeSettings,
+        ids: &[courier_store::DeliveryId],
+    ) -> Answer {
         let Output::Durable { waiters, .. } = &self.pipeline.output else {
             return Answer::Accepted { copies: ids.len() };
         };
         let receivers: Vec<_> = ids.iter().map(|id| waiters.wait(*id)).collect();
         let all = futures::future::join_all(receivers);
         let results = tokio::select! {
-            r = tokio::time::timeout(self.delivery_wait, all) => r.ok(),
+            r = tokio::time::timeout(set.delivery_wait, all) => r.ok(),
             _ = self.shutdown.cancelled() => None,
         };
         let Some(results) = results else {
@@ -785,7 +1295,7 @@ impl Intake {
                     location: None,
                     text: format!(
                         "not delivered within {} s; it stays queued and will be delivered",
-                        self.delivery_wait.as_secs()
+                        set.delivery_wait.as_secs()
                     ),
                     severity: Severity::Error,
                 },
@@ -812,24 +1322,21 @@ impl Intake {
         )
     }
 
-    async fn process_memory(
-        &self,
-        queues: &[DestinationHandle],
-        msg: &Message,
-        env: &Envelope,
-    ) -> Answer {
-        let processed = self.pipeline.process_async(&self.listener, env, msg).await;
-        if let Some(answer) = self.step_answer(&processed) {
+    async fn process_memory(&self, set: &IntakeSettings, msg: &Message, env: &Envelope) -> Answer {
+        let (version, processed) = self.pipeline.process(&self.listener, env, msg).await;
+        if let Some(answer) = self.step_answer(set, &processed) {
             return answer;
         }
         if processed.matched == 0 {
-            return self.unrouted_answer(env);
+            return self.unrouted_answer(set, env);
         }
         let control_id: Arc<str> = msg.control_id().unwrap_or_default().into();
         let message_type: Arc<str> = env.message_type.as_str().into();
         let received = Instant::now();
         for (route, d, payload, _) in &processed.copies {
-            let dest = &queues[*d];
+            let DestOut::Memory(dest) = &version.dests[*d].out else {
+                continue;
+            };
             let delivery = Delivery {
                 message: payload.clone(),
                 control_id: control_id.clone(),
@@ -867,8 +1374,8 @@ impl Intake {
     /// With `after-processing` (or `after-delivery`), a failed step answers AE naming the
     /// route and step; with `after-store` the message was accepted when it was stored, and
     /// the failure is in the store and the log.
-    fn step_answer(&self, processed: &Processed) -> Option<Answer> {
-        if processed.failures.is_empty() || self.ack_policy == AckPolicy::AfterStore {
+    fn step_answer(&self, set: &IntakeSettings, processed: &Processed) -> Option<Answer> {
+        if processed.failures.is_empty() || set.ack_policy == AckPolicy::AfterStore {
             return None;
         }
         Some(Answer::Refused(

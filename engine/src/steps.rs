@@ -6,6 +6,7 @@
 //! with the content hash of the plugin or script that produced it. Steps are CPU-bound and
 //! blocking: the caller runs them off the async worker threads.
 
+use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -16,7 +17,9 @@ use courier_plugin::{Outcome, Step, StepContext, Tables, redact};
 use courier_store::{StepOutcome, StepRecord};
 use tracing::warn;
 
-use crate::config::Config;
+use sha2::{Digest, Sha256};
+
+use crate::config::{Config, StepConfig};
 
 /// A step ready to run.
 pub struct LoadedStep {
@@ -50,29 +53,60 @@ pub struct Steps {
     _runtime: Option<WasmRuntime>,
 }
 
+/// Loads the steps of a config, again and again: on a reload, a step whose file, kind and
+/// limits are unchanged is reused as it is (no recompilation), and one WASM runtime (one
+/// engine, one epoch ticker) serves every version.
+pub struct StepLoader {
+    cache_dir: Option<PathBuf>,
+    runtime: Option<WasmRuntime>,
+    /// What the last successful load produced, by what it was loaded from.
+    loaded: HashMap<StepKey, Arc<dyn Step>>,
+}
+
+/// What makes two loads of a step the same: the file's path and bytes, and its limits.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct StepKey {
+    file: PathBuf,
+    digest: [u8; 32],
+    limits: String,
+}
+
 impl Steps {
     /// Compiles every step of the config. `cache_dir` keeps precompiled WASM between runs.
     pub fn load(config: &Config, cache_dir: Option<PathBuf>) -> Result<Steps, StepLoadError> {
-        let needs_wasm = config
-            .routes
-            .iter()
-            .any(|r| r.get_ref().steps.iter().any(|s| s.get_ref().wasm.is_some()));
-        let runtime = if needs_wasm {
-            Some(
-                WasmRuntime::new(WasmRuntimeConfig {
-                    cache_dir,
-                    ..WasmRuntimeConfig::default()
-                })
-                .map_err(|e| StepLoadError {
-                    route: "-".into(),
-                    index: 0,
-                    message: format!("cannot start the WASM runtime: {e}"),
-                })?,
-            )
-        } else {
-            None
-        };
+        StepLoader::new(cache_dir).load(config)
+    }
+}
+
+impl StepLoader {
+    /// A loader; `cache_dir` keeps precompiled WASM between runs.
+    pub fn new(cache_dir: Option<PathBuf>) -> StepLoader {
+        StepLoader {
+            cache_dir,
+            runtime: None,
+            loaded: HashMap::new(),
+        }
+    }
+
+    fn runtime(&mut self) -> Result<WasmRuntime, String> {
+        if let Some(rt) = &self.runtime {
+            return Ok(rt.clone());
+        }
+        let rt = WasmRuntime::new(WasmRuntimeConfig {
+            cache_dir: self.cache_dir.clone(),
+            ..WasmRuntimeConfig::default()
+        })
+        .map_err(|e| format!("cannot start the WASM runtime: {e}"))?;
+        self.runtime = Some(rt.clone());
+        Ok(rt)
+    }
+
+    /// Compiles every step of the config, reusing what is unchanged since the last load.
+    /// Nothing is kept from a load that fails: the previous one stays the reference.
+    pub fn load(&mut self, config: &Config) -> Result<Steps, StepLoadError> {
+        let mut loaded = HashMap::new();
         let mut routes = Vec::with_capacity(config.routes.len());
+        let mut uses_wasm = false;
         for r in &config.routes {
             let rc = r.get_ref();
             let mut steps = Vec::with_capacity(rc.steps.len());
@@ -88,43 +122,89 @@ impl Steps {
                     Ok(serde_json::Value::Object(m)) => m,
                     _ => serde_json::Map::new(),
                 });
-                let (step, kind): (Arc<dyn Step>, &'static str) = if sc.wasm.is_some() {
-                    let rt = runtime
-                        .as_ref()
-                        .ok_or_else(|| err("no WASM runtime".into()))?;
-                    let limits = WasmLimits {
-                        deadline: sc.deadline,
-                        memory: sc.memory_bytes,
-                        grants: Grants {
-                            env: sc.grants.env.clone().into_iter().collect(),
-                            clock: sc.grants.clock,
-                            random: sc.grants.random,
-                            ..Grants::default()
-                        },
-                    };
-                    let plugin = rt.load(&file, limits).map_err(|e| err(e.to_string()))?;
-                    (Arc::new(plugin), "wasm")
+                let bytes = std::fs::read(&file)
+                    .map_err(|e| err(format!("cannot read {}: {e}", file.display())))?;
+                let wasm = sc.wasm.is_some();
+                uses_wasm |= wasm;
+                let limits = if wasm {
+                    format!("{:?}", wasm_limits(sc))
                 } else {
-                    let limits = ScriptLimits {
-                        deadline: sc.deadline,
-                        ..ScriptLimits::default()
-                    };
-                    let script = ScriptStep::load(&file, limits).map_err(|e| err(e.to_string()))?;
-                    (Arc::new(script), "rhai")
+                    format!("{:?}", script_limits(sc))
                 };
+                let key = StepKey {
+                    file: file.clone(),
+                    digest: Sha256::digest(&bytes).into(),
+                    limits,
+                };
+                let step: Arc<dyn Step> = match self.loaded.get(&key).or(loaded.get(&key)) {
+                    Some(step) => step.clone(),
+                    None if wasm => {
+                        let rt = self.runtime().map_err(&err)?;
+                        let plugin = rt
+                            .load(&file, wasm_limits(sc))
+                            .map_err(|e| err(e.to_string()))?;
+                        Arc::new(plugin)
+                    }
+                    None => Arc::new(
+                        ScriptStep::load(&file, script_limits(sc))
+                            .map_err(|e| err(e.to_string()))?,
+                    ),
+                };
+                loaded.insert(key, step.clone());
                 steps.push(LoadedStep {
                     step,
-                    kind,
+                    kind: if wasm { "wasm" } else { "rhai" },
                     settings,
                 });
             }
             routes.push(steps);
         }
+        self.loaded = loaded;
         Ok(Steps {
             routes,
             tables: Arc::new(config.tables.clone()),
-            _runtime: runtime,
+            _runtime: if uses_wasm {
+                self.runtime.clone()
+            } else {
+                None
+            },
         })
+    }
+}
+
+fn wasm_limits(sc: &StepConfig) -> WasmLimits {
+    WasmLimits {
+        deadline: sc.deadline,
+        memory: sc.memory_bytes,
+        grants: Grants {
+            env: sc.grants.env.clone().into_iter().collect(),
+            clock: sc.grants.clock,
+            random: sc.grants.random,
+            ..Grants::default()
+        },
+        reuse_instance: sc.reuse_instance,
+    }
+}
+
+fn script_limits(sc: &StepConfig) -> ScriptLimits {
+    ScriptLimits {
+        deadline: sc.deadline,
+        ..ScriptLimits::default()
+    }
+}
+
+impl Steps {
+    /// Every step file with its content hash, for the reload log.
+    pub fn files(&self) -> Vec<(String, String)> {
+        let mut files: Vec<(String, String)> = self
+            .routes
+            .iter()
+            .flatten()
+            .map(|s| (s.step.name().to_owned(), s.step.content_hash().to_owned()))
+            .collect();
+        files.sort();
+        files.dedup();
+        files
     }
 
     /// Does route `index` have steps?

@@ -49,3 +49,31 @@ pub mod listener;
 pub use client::{ClientError, ClientSettings, MllpClient};
 pub use codec::{CodecError, DEFAULT_MAX_FRAME_SIZE, MllpCodec};
 pub use listener::{ConnectionError, Handler, ListenerSettings, PeerInfo, serve, serve_connection};
+
+/// MLLP release 2 commit acknowledgement: the payload of the block a receiver sends once it
+/// has durably committed a message (`<VT><ACK><FS><CR>`).
+pub const COMMIT_ACK: &[u8] = &[0x06];
+
+/// MLLP release 2 negative commit acknowledgement: the message was not committed and the
+/// sender should send it again (`<VT><NAK><FS><CR>`).
+pub const COMMIT_NAK: &[u8] = &[0x15];
+
+/// What an MLLP release 2 reply block says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Commit {
+    /// Committed.
+    Ack,
+    /// Not committed: send it again.
+    Nak,
+}
+
+impl Commit {
+    /// Reads a release 2 reply block; `None` if it is neither an ACK nor a NAK block.
+    pub fn of(frame: &[u8]) -> Option<Commit> {
+        match frame {
+            COMMIT_ACK => Some(Commit::Ack),
+            COMMIT_NAK => Some(Commit::Nak),
+            _ => None,
+        }
+    }
+}

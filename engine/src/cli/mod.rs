@@ -5,8 +5,10 @@
 mod listen;
 mod messages;
 mod parse;
+mod plugin;
 mod run;
 mod send;
+mod test;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -85,6 +87,32 @@ enum Command {
         #[command(subcommand)]
         command: messages::MessagesCommand,
     },
+    /// Run a config's route tests: each case's message through the config's real routes and
+    /// steps, compared with what the case expects (docs/route-tests.md).
+    ///
+    /// Test files are `tests/*.toml` beside the config unless files or --tests are given.
+    /// Exits 0 when every case passes, 1 when a case fails, 2 when the config or a test file
+    /// cannot be used.
+    Test {
+        /// The TOML config under test.
+        config: PathBuf,
+        /// Test files to run (instead of the config's tests/ directory).
+        files: Vec<PathBuf>,
+        /// Run the `*.toml` test files of this directory.
+        #[arg(long)]
+        tests: Option<PathBuf>,
+        /// Run only the cases whose name contains this text.
+        #[arg(long)]
+        filter: Option<String>,
+        /// Output format.
+        #[arg(long, value_enum, default_value = "text")]
+        format: test::Format,
+    },
+    /// Plugin projects: `courier plugin new NAME` creates one that builds as it is.
+    Plugin {
+        #[command(subcommand)]
+        command: plugin::PluginCommand,
+    },
     /// A receiver that ACKs every message and prints or stores it: a stand-in EMR or LIS.
     Listen {
         /// Port to listen on (0 picks a free one; the address is printed).
@@ -121,6 +149,20 @@ pub fn main() -> ExitCode {
             store_dir,
             command,
         } => messages::messages(config.as_deref(), store_dir, command),
+        Command::Test {
+            config,
+            files,
+            tests,
+            filter,
+            format,
+        } => test::test(&test::Args {
+            config,
+            files,
+            tests,
+            filter,
+            format,
+        }),
+        Command::Plugin { command } => plugin::plugin(command),
         Command::Listen {
             port,
             bind,

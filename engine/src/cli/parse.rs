@@ -9,7 +9,7 @@ use courier_hl7::{Message, Path as HlPath};
 
 /// Prints each message of the file as asked.
 pub fn parse(file: &Path, paths: &[String], json: bool) -> anyhow::Result<ExitCode> {
-    let messages = super::send::read_messages(file)?;
+    let messages = courier::messagefile::read_messages(file)?;
     let paths = paths
         .iter()
         .map(|p| HlPath::parse(p).with_context(|| format!("bad path `{p}`")))

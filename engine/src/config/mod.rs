@@ -84,25 +84,36 @@ pub struct Config {
 }
 
 /// Engine-wide settings (`[engine]`).
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct EngineConfig {
     /// How long a graceful shutdown waits for destinations to drain their queues before it
     /// gives up on what is still queued (and logs it).
     #[serde(default = "defaults::shutdown_grace", with = "humantime_serde")]
     pub shutdown_grace: Duration,
+    /// Reload on change: the config file, and every plugin and script it names, are watched;
+    /// a change is compiled and checked off the hot path, then swapped in whole (SIGHUP
+    /// reloads too, whatever this says).
+    #[serde(default = "defaults::yes")]
+    pub watch: bool,
+    /// How long the files must stay quiet after a change before it is reloaded, so that a
+    /// save in several writes (or several files saved together) is taken as one change.
+    #[serde(default = "defaults::reload_debounce", with = "humantime_serde")]
+    pub reload_debounce: Duration,
 }
 
 impl Default for EngineConfig {
     fn default() -> Self {
         Self {
             shutdown_grace: defaults::shutdown_grace(),
+            watch: true,
+            reload_debounce: defaults::reload_debounce(),
         }
     }
 }
 
 /// The message store (`[store]`).
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct StoreConfig {
     /// `false` runs without a store: ACKs go back once a copy is queued in memory and
@@ -192,7 +203,7 @@ pub enum OrderingConfig {
 }
 
 /// An MLLP listener (`[[listener]]`).
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ListenerConfig {
     /// Unique name, used by routes and in logs.
@@ -230,6 +241,27 @@ pub struct ListenerConfig {
     /// absent.
     #[serde(default, with = "humantime_serde")]
     pub duplicate_window: Option<Duration>,
+    /// MLLP release: `1` (default) answers each message with an HL7 ACK; `2` answers with
+    /// the transport's commit acknowledgement (an `ACK` block once the message is durably
+    /// stored, `NAK` when it could not be, so the sender resends). Release 2 needs the store
+    /// and `ack_policy = "after-store"`.
+    #[serde(default = "defaults::mllp_release")]
+    pub mllp_release: u8,
+}
+
+impl ListenerConfig {
+    /// How this listener reads a message: its line endings and default character set. The
+    /// charset was validated at load, so an unknown name cannot reach here; should one, it
+    /// falls back to the model's default (UTF-8).
+    pub fn parse_options(&self) -> courier_hl7::ParseOptions {
+        courier_hl7::ParseOptions {
+            line_endings: match self.line_endings {
+                LineEndingsConfig::Strict => courier_hl7::LineEndings::Strict,
+                LineEndingsConfig::Lenient => courier_hl7::LineEndings::Lenient,
+            },
+            default_charset: parse_charset(self.default_charset.get_ref()).unwrap_or_default(),
+        }
+    }
 }
 
 /// Segment terminators a listener accepts.
@@ -255,7 +287,7 @@ pub enum UnroutedPolicy {
 }
 
 /// A destination (`[[destination]]`).
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DestinationConfig {
     /// Unique name, used by routes and in logs.
@@ -287,6 +319,10 @@ pub struct DestinationConfig {
     /// Path whose value keys the order with `ordering = "by-key"`, e.g. `PID-3.1`.
     #[serde(default)]
     pub order_key: Option<Spanned<String>>,
+    /// MLLP release: `1` (default) waits for the receiver's HL7 ACK; `2` waits for its commit
+    /// acknowledgement block (`ACK` = delivered; `NAK` or a timeout = sent again).
+    #[serde(default = "defaults::mllp_release")]
+    pub mllp_release: u8,
 }
 
 /// Destination transports.
@@ -299,7 +335,7 @@ pub enum DestinationKind {
 }
 
 /// Exponential backoff (`retry = { ... }`).
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RetryConfig {
     /// Wait after the first failure.
@@ -324,7 +360,7 @@ impl Default for RetryConfig {
 }
 
 /// A route (`[[route]]`): which messages, through which steps, to which destinations.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RouteConfig {
     /// Unique name, used in logs.
@@ -360,7 +396,7 @@ pub struct RouteConfig {
 }
 
 /// A route step (`[[route.step]]`): a WASM component or a Rhai script and its settings.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct StepConfig {
     /// A WebAssembly component (built for wasm32-wasip2), relative to the config's directory.
@@ -381,10 +417,15 @@ pub struct StepConfig {
     /// Capabilities granted to a WASM step; none by default.
     #[serde(default)]
     pub grants: GrantsConfig,
+    /// WASM only: reuse an instance across messages instead of a fresh one per message
+    /// (faster; but whatever the plugin keeps in memory carries from one patient's message
+    /// to the next, so only for trusted plugins). A trap discards the instance.
+    #[serde(default)]
+    pub reuse_instance: bool,
 }
 
 /// What a route grants a WASM step (`grants = { ... }`). The default grants nothing.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct GrantsConfig {
     /// Environment variables the plugin may read.
@@ -414,6 +455,12 @@ mod defaults {
 
     pub fn shutdown_grace() -> Duration {
         Duration::from_secs(10)
+    }
+    pub fn mllp_release() -> u8 {
+        1
+    }
+    pub fn reload_debounce() -> Duration {
+        Duration::from_millis(300)
     }
     pub fn max_connections() -> usize {
         256
@@ -560,6 +607,31 @@ impl Validator<'_> {
             if l.get_ref().max_frame_size < 64 {
                 return Err(self.err(l.span(), key("max_frame_size"), "must be at least 64 bytes"));
             }
+            match l.get_ref().mllp_release {
+                1 => {}
+                2 if !c.store.enabled => {
+                    return Err(self.err(
+                        l.span(),
+                        key("mllp_release"),
+                        "release 2 acknowledges a durable commit, so it needs the store ([store] enabled = true)",
+                    ));
+                }
+                2 if l.get_ref().ack_policy != AckPolicy::AfterStore => {
+                    return Err(self.err(
+                        l.span(),
+                        key("mllp_release"),
+                        "release 2 answers with a commit acknowledgement once the message is stored; use ack_policy = \"after-store\"",
+                    ));
+                }
+                2 => {}
+                n => {
+                    return Err(self.err(
+                        l.span(),
+                        key("mllp_release"),
+                        format!("{n} is not an MLLP release; use 1 or 2"),
+                    ));
+                }
+            }
             let cs = &l.get_ref().default_charset;
             if parse_charset(cs.get_ref()).is_none() {
                 return Err(self.err(
@@ -612,6 +684,13 @@ impl Validator<'_> {
                     d.span(),
                     key("retry.max_attempts"),
                     "must be at least 1 (leave it out to retry forever)",
+                ));
+            }
+            if !matches!(dc.mllp_release, 1 | 2) {
+                return Err(self.err(
+                    d.span(),
+                    key("mllp_release"),
+                    format!("{} is not an MLLP release; use 1 or 2", dc.mllp_release),
                 ));
             }
             if dc.ack_timeout.is_zero() {
@@ -702,6 +781,13 @@ impl Validator<'_> {
                         "grants apply to WASM steps only; scripts have no capabilities",
                     ));
                 }
+                if sc.script.is_some() && sc.reuse_instance {
+                    return Err(self.err(
+                        st.span(),
+                        format!("{k}.reuse_instance"),
+                        "reuse_instance applies to WASM steps only (a script always runs in a fresh scope)",
+                    ));
+                }
             }
             self.compile_route(i, r)?;
         }
@@ -778,7 +864,7 @@ fn valid_host_port(s: &str) -> bool {
 }
 
 /// 1-based line and column of a byte offset.
-fn line_col(text: &str, offset: usize) -> (usize, usize) {
+pub(crate) fn line_col(text: &str, offset: usize) -> (usize, usize) {
     let offset = offset.min(text.len());
     let before = &text.as_bytes()[..offset];
     let line = before.iter().filter(|&&b| b == b'\n').count() + 1;

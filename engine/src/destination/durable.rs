@@ -13,6 +13,7 @@ use std::time::{Duration, SystemTime};
 use courier_mllp::MllpClient;
 use courier_store::{Claim, ClaimedDelivery, DeliveryOrder, Store, StoreError};
 use tokio::sync::Notify;
+use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{Instrument, error, info, info_span, warn};
@@ -43,16 +44,21 @@ pub struct Stops {
     pub drain: CancellationToken,
     /// Stop at once; a send in progress is abandoned (and resent after a restart).
     pub stop: CancellationToken,
+    /// This worker alone is done (a reload removed or changed its destination): stop after
+    /// the send in progress is recorded, leaving the rest of the queue in the store.
+    pub retire: CancellationToken,
 }
 
-/// Starts the durable worker for one destination.
+/// Starts the durable worker for one destination; with `after`, once that task (the
+/// destination's previous worker) has ended, so that two workers never share a queue.
 pub fn spawn(
     cfg: &DestinationConfig,
     store: Arc<dyn Store>,
     waiters: Arc<Waiters>,
     tracker: &TaskTracker,
     stops: Stops,
-) -> Wake {
+    after: Option<JoinHandle<()>>,
+) -> (Wake, JoinHandle<()>) {
     let notify = Arc::new(Notify::new());
     let worker = Worker {
         name: cfg.name.clone(),
@@ -63,6 +69,7 @@ pub fn spawn(
         },
         client: client_for(cfg),
         ack_timeout: cfg.ack_timeout,
+        release: cfg.mllp_release,
         retry: cfg.retry.clone(),
         store,
         waiters,
@@ -70,8 +77,16 @@ pub fn spawn(
         stops,
     };
     let span = info_span!("destination", destination = %cfg.name, address = %cfg.address.get_ref());
-    tracker.spawn(worker.run().instrument(span));
-    Wake(notify)
+    let task = tracker.spawn(
+        async move {
+            if let Some(previous) = after {
+                let _ = previous.await;
+            }
+            worker.run().await;
+        }
+        .instrument(span),
+    );
+    (Wake(notify), task)
 }
 
 struct Worker {
@@ -79,6 +94,8 @@ struct Worker {
     order: DeliveryOrder,
     client: MllpClient,
     ack_timeout: Duration,
+    /// MLLP release: 2 waits for a commit acknowledgement instead of an HL7 ACK.
+    release: u8,
     retry: RetryConfig,
     store: Arc<dyn Store>,
     waiters: Arc<Waiters>,
@@ -89,8 +106,9 @@ struct Worker {
 impl Worker {
     async fn run(mut self) {
         let stop = self.stops.stop.clone();
+        let retire = self.stops.retire.clone();
         loop {
-            if stop.is_cancelled() {
+            if stop.is_cancelled() || retire.is_cancelled() {
                 return;
             }
             let claim = self
@@ -128,6 +146,7 @@ impl Worker {
             tokio::select! {
                 biased;
                 _ = stop.cancelled() => return,
+                _ = retire.cancelled() => return,
                 _ = self.stops.drain.cancelled() => {}
                 _ = self.notify.notified() => {}
                 _ = tokio::time::sleep(sleep) => {}
@@ -149,6 +168,7 @@ impl Worker {
             &d.payload,
             &d.control_id,
             self.ack_timeout,
+            self.release,
         )
         .await
     }

@@ -82,6 +82,7 @@ pub fn spawn(
     let worker = Worker {
         client: client_for(cfg),
         ack_timeout: cfg.ack_timeout,
+        release: cfg.mllp_release,
         retry: cfg.retry.clone(),
         stop,
     };
@@ -93,6 +94,8 @@ pub fn spawn(
 struct Worker {
     client: MllpClient,
     ack_timeout: Duration,
+    /// MLLP release: 2 waits for a commit acknowledgement instead of an HL7 ACK.
+    release: u8,
     retry: RetryConfig,
     stop: CancellationToken,
 }
@@ -188,6 +191,7 @@ impl Worker {
             &d.message,
             &d.control_id,
             self.ack_timeout,
+            self.release,
         )
         .await
     }

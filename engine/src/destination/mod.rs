@@ -18,7 +18,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use courier_hl7::ReceivedAck;
-use courier_mllp::{ClientSettings, MllpClient};
+use courier_mllp::{ClientSettings, Commit, MllpClient};
 use tracing::debug;
 
 use crate::config::{DestinationConfig, RetryConfig};
@@ -56,12 +56,14 @@ pub fn client_for(cfg: &DestinationConfig) -> MllpClient {
     )
 }
 
-/// Sends one message and reads its ACK.
+/// Sends one message and reads its ACK: the HL7 ACK with MLLP release 1, the commit
+/// acknowledgement block with release 2.
 pub async fn attempt(
     client: &mut MllpClient,
     payload: &[u8],
     control_id: &str,
     ack_timeout: Duration,
+    release: u8,
 ) -> Attempt {
     let reply = match client.request(payload, ack_timeout).await {
         Ok(reply) => reply,
@@ -71,6 +73,23 @@ pub async fn attempt(
             };
         }
     };
+    if release == 2 {
+        return match Commit::of(&reply) {
+            Some(Commit::Ack) => Attempt::Delivered(reply),
+            Some(Commit::Nak) => Attempt::Retry {
+                reason: "commit NAK from the receiver (MLLP release 2): not committed".into(),
+            },
+            None => {
+                client.disconnect();
+                Attempt::Retry {
+                    reason: format!(
+                        "expected an MLLP release 2 commit acknowledgement, got a {}-byte block",
+                        reply.len()
+                    ),
+                }
+            }
+        };
+    }
     let ack = match ReceivedAck::parse(&reply) {
         Ok(ack) => ack,
         Err(e) => {
