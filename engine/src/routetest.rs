@@ -20,43 +20,8 @@ use crate::route::{Envelope, Router};
 use crate::steps::{RouteResult, StepLoadError, Steps, run_route};
 
 /// A test file that cannot be used: unreadable, malformed, or naming what the config lacks.
-#[derive(Debug, thiserror::Error)]
-pub enum TestFileError {
-    /// The test file could not be read.
-    #[error("cannot read test file {file}: {source}")]
-    Io {
-        /// The test file.
-        file: PathBuf,
-        /// What the OS said.
-        source: std::io::Error,
-    },
-    /// The TOML is malformed, a key is unknown, or a value has the wrong type.
-    #[error("{file}:{line}:{column}: {message}\n  | {text}")]
-    Syntax {
-        /// The test file.
-        file: PathBuf,
-        /// 1-based line.
-        line: usize,
-        /// 1-based column.
-        column: usize,
-        /// What is wrong (names the key where TOML knows it).
-        message: String,
-        /// The offending line, for context.
-        text: String,
-    },
-    /// The TOML is well formed but a value is not acceptable.
-    #[error("{file}:{line}: {key}: {message}")]
-    Invalid {
-        /// The test file.
-        file: PathBuf,
-        /// 1-based line.
-        line: usize,
-        /// Dotted key, e.g. `case[2].route.registration-to-emr.values."PID-3.1"`.
-        key: String,
-        /// What is wrong.
-        message: String,
-    },
-}
+/// The same errors, with file, line and key, as a config file's.
+pub type TestFileError = ConfigError;
 
 /// Why the routes of a config could not be set up for testing.
 #[derive(Debug, thiserror::Error)]
@@ -617,12 +582,7 @@ impl<'c> Harness<'c> {
             .map(|l| l.get_ref().parse_options())
             .unwrap_or_default();
         let msg = Message::parse_with(case.input.clone(), &options).map_err(|e| e.to_string())?;
-        if msg.message_type().code.is_empty() {
-            return Err("MSH-9 (message type) is empty".into());
-        }
-        if msg.control_id().is_none() {
-            return Err("MSH-10 (message control ID) is empty".into());
-        }
+        crate::runtime::check_required_fields(&msg).map_err(|e| e.text)?;
         Ok(msg)
     }
 

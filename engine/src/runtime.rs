@@ -1126,22 +1126,7 @@ impl Intake {
         }
         let msg = Message::parse_with(frame.clone(), &set.options)
             .map_err(|e| AckError::from_parse_error(&e))?;
-        if msg.message_type().code.is_empty() {
-            return Err(AckError {
-                code: ErrorCode::RequiredFieldMissing,
-                location: Some(location("MSH", Some(9))),
-                text: "MSH-9 (message type) is empty".into(),
-                severity: Severity::Error,
-            });
-        }
-        if msg.control_id().is_none() {
-            return Err(AckError {
-                code: ErrorCode::RequiredFieldMissing,
-                location: Some(location("MSH", Some(10))),
-                text: "MSH-10 (message control ID) is empty".into(),
-                severity: Severity::Error,
-            });
-        }
+        check_required_fields(&msg)?;
         Ok(msg)
     }
 
@@ -1388,6 +1373,24 @@ impl Intake {
             },
         ))
     }
+}
+
+/// The fields every message needs before the engine takes it: MSH-9 (to route it) and
+/// MSH-10 (to acknowledge it). Route tests apply the same check.
+pub(crate) fn check_required_fields(msg: &Message) -> Result<(), AckError> {
+    let missing = |field: usize, text: &str| AckError {
+        code: ErrorCode::RequiredFieldMissing,
+        location: Some(location("MSH", Some(field))),
+        text: text.into(),
+        severity: Severity::Error,
+    };
+    if msg.message_type().code.is_empty() {
+        return Err(missing(9, "MSH-9 (message type) is empty"));
+    }
+    if msg.control_id().is_none() {
+        return Err(missing(10, "MSH-10 (message control ID) is empty"));
+    }
+    Ok(())
 }
 
 fn location(segment: &str, field: Option<usize>) -> ErrorLocation {

@@ -20,7 +20,7 @@ use crate::route::{Condition, Pattern};
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     /// The file could not be read.
-    #[error("cannot read config {file}: {source}")]
+    #[error("cannot read {file}: {source}")]
     Io {
         /// The config file.
         file: PathBuf,
