@@ -38,6 +38,13 @@ fn plugins_dir() -> &'static Path {
     DIR.get_or_init(|| {
         let target = repo().join("target/wasm-plugins");
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        // A fresh machine may lack the target (RUSTUP_AUTO_INSTALL=0 installs nothing by
+        // itself); add it when rustup is there, else the build below says what is missing.
+        let _ = Command::new("rustup")
+            .args(["target", "add", "wasm32-wasip2"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .status();
         let status = Command::new(cargo)
             .args([
                 "build",
