@@ -33,5 +33,6 @@ pub use types::{
     Claim, ClaimedDelivery, DeliveryCounts, DeliveryDetail, DeliveryId, DeliveryOrder,
     DeliveryStatus, Duplicate, MessageDetail, MessageId, MessageStatus, MessageSummary,
     NewDelivery, NewMessage, Processing, ProcessingStatus, QueueDepth, RecoveredDelivery, Search,
-    StepDetail, StepOutcome, StepRecord, StoredMessage, TypeFilter, UnknownName,
+    Settle, Settlement, StepDetail, StepOutcome, StepRecord, StoredMessage, TypeFilter,
+    UnknownName,
 };

@@ -15,8 +15,9 @@ use bytes::Bytes;
 
 use crate::error::StoreError;
 use crate::types::{
-    Claim, DeliveryId, DeliveryOrder, Duplicate, MessageDetail, MessageId, MessageSummary,
-    NewMessage, Processing, QueueDepth, RecoveredDelivery, Search, StoredMessage,
+    Claim, ClaimedDelivery, DeliveryId, DeliveryOrder, Duplicate, MessageDetail, MessageId,
+    MessageSummary, NewMessage, Processing, QueueDepth, RecoveredDelivery, Search, Settlement,
+    StoredMessage,
 };
 
 /// Courier's message store: the durable journal of inbound messages, one durable FIFO queue per
@@ -29,8 +30,8 @@ use crate::types::{
 /// undone by dropping its future; the caller just does not learn the outcome.
 ///
 /// Writes from one task are applied in the order their futures are first polled, so a sender
-/// can overlap finishing one delivery with claiming the next — `tokio::join!(store.delivered(..),
-/// store.claim_next(..))` — and usually have both share one commit.
+/// can overlap finishing one batch with claiming the next — `tokio::join!(store.settle(..),
+/// store.claim_batch(..))` — and usually have both share one commit.
 ///
 /// # Errors
 /// [`StoreError::Unavailable`] means the storage could not take the write (full or failing
@@ -51,6 +52,17 @@ pub trait Store: Send + Sync + fmt::Debug {
         id: MessageId,
         processing: Processing,
     ) -> Result<Vec<DeliveryId>, StoreError>;
+
+    /// Journals a message that has already been processed, and records how processing ended,
+    /// in one write: what [`journal`](Self::journal) then
+    /// [`complete_processing`](Self::complete_processing) do, for one commit instead of two.
+    /// When it returns `Ok` the raw message is durable (the sender may get AA/CA) and its
+    /// deliveries are queued; on `Err` nothing is stored.
+    async fn journal_processed(
+        &self,
+        message: NewMessage,
+        processing: Processing,
+    ) -> Result<(MessageId, Vec<DeliveryId>), StoreError>;
 
     /// Records the ACK we sent for a message, for replay to a duplicate.
     async fn record_ack(&self, id: MessageId, ack: Bytes) -> Result<(), StoreError>;
@@ -76,17 +88,51 @@ pub trait Store: Send + Sync + fmt::Debug {
     /// claims, or claims whose lease expired.)
     async fn recover_in_flight(&self) -> Result<Vec<RecoveredDelivery>, StoreError>;
 
-    /// Claims the next delivery for `destination` under `order`, as of `now`. A
-    /// [`Claim::Ready`] delivery is marked in flight and its attempt counted durably before this
-    /// returns, so after a crash it is known it may have been sent. Finish every claim with
+    /// Claims up to `limit` deliveries (at least one) for `destination` that may go now under
+    /// `order`, as of `now`, in the order to send them: under `Strict` the run of due deliveries
+    /// from the head of the queue; under `SetAside` the oldest due ones; under `ByKey` the
+    /// oldest due heads of their keys (so one per key). Every delivery of a [`Claim::Ready`]
+    /// batch is marked in flight and its attempt counted durably before this returns, so after
+    /// a crash it is known each may have been sent; one commit covers the batch.
+    ///
+    /// Finish every claimed delivery with [`settle`](Self::settle) (several at once) or with
     /// [`delivered`](Self::delivered), [`retry_later`](Self::retry_later) or
-    /// [`dead_letter`](Self::dead_letter).
+    /// [`dead_letter`](Self::dead_letter). Deliveries claimed but not sent go back with
+    /// [`Settle::Unsent`](crate::Settle::Unsent): under `Strict` order, a sender must not send the rest of a batch
+    /// after one of it fails.
+    async fn claim_batch(
+        &self,
+        destination: &str,
+        order: DeliveryOrder,
+        now: SystemTime,
+        limit: usize,
+    ) -> Result<Claim<Vec<ClaimedDelivery>>, StoreError>;
+
+    /// Claims the next delivery: [`claim_batch`](Self::claim_batch) with a limit of one.
     async fn claim_next(
         &self,
         destination: &str,
         order: DeliveryOrder,
         now: SystemTime,
-    ) -> Result<Claim, StoreError>;
+    ) -> Result<Claim, StoreError> {
+        Ok(match self.claim_batch(destination, order, now, 1).await? {
+            Claim::Ready(mut batch) => match batch.pop() {
+                Some(d) => Claim::Ready(d),
+                None => Claim::Empty,
+            },
+            Claim::WaitUntil(t) => Claim::WaitUntil(t),
+            Claim::Blocked => Claim::Blocked,
+            Claim::Empty => Claim::Empty,
+        })
+    }
+
+    /// Finishes several claimed deliveries in one write. An entry whose delivery is no longer
+    /// in flight (an operator dead-lettered it meanwhile) or does not exist is left as it is
+    /// and returned with the reason; the others are applied. `Err` means none was.
+    async fn settle(
+        &self,
+        settlements: Vec<Settlement>,
+    ) -> Result<Vec<(DeliveryId, StoreError)>, StoreError>;
 
     /// The destination acknowledged a claimed delivery; `ack` is its ACK. Fails with
     /// [`StoreError::WrongDeliveryState`] unless the delivery is in flight.

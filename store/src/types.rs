@@ -278,7 +278,7 @@ impl fmt::Debug for NewDelivery {
     }
 }
 
-/// How a destination's queue hands out work (see [`Store::claim_next`](crate::Store::claim_next)).
+/// How a destination's queue hands out work (see [`Store::claim_batch`](crate::Store::claim_batch)).
 ///
 /// Named `DeliveryOrder` rather than `Ordering` so it does not collide with
 /// `std::cmp::Ordering` or `std::sync::atomic::Ordering` where it is used.
@@ -296,11 +296,13 @@ pub enum DeliveryOrder {
     ByKey,
 }
 
-/// The answer of [`Store::claim_next`](crate::Store::claim_next).
+/// The answer of [`Store::claim_next`](crate::Store::claim_next) (one delivery) and
+/// [`Store::claim_batch`](crate::Store::claim_batch) (`Claim<Vec<ClaimedDelivery>>`).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Claim {
-    /// A delivery to send now; it is in flight and its attempt is counted durably.
-    Ready(ClaimedDelivery),
+pub enum Claim<T = ClaimedDelivery> {
+    /// Work to send now, in this order (a batch is never empty); it is in flight and its
+    /// attempt is counted durably.
+    Ready(T),
     /// Nothing can go now; the earliest queued retry becomes due at this time (new deliveries
     /// may be claimable sooner under `SetAside` and `ByKey`).
     WaitUntil(SystemTime),
@@ -352,6 +354,41 @@ impl fmt::Debug for ClaimedDelivery {
             .field("possible_duplicate", &self.possible_duplicate)
             .finish()
     }
+}
+
+/// How a claimed delivery ended, for [`Store::settle`](crate::Store::settle).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Settle {
+    /// The destination acknowledged it; its ACK. (As [`Store::delivered`](crate::Store::delivered).)
+    Delivered(Bytes),
+    /// It failed and goes back to the queue, claimable from `next_attempt`. (As
+    /// [`Store::retry_later`](crate::Store::retry_later).)
+    Retry {
+        /// Why it failed.
+        error: String,
+        /// When it may be claimed again.
+        next_attempt: SystemTime,
+    },
+    /// Dead-lettered, with the destination's ACK if it rejected it. (As
+    /// [`Store::dead_letter`](crate::Store::dead_letter), for an in-flight delivery.)
+    DeadLetter {
+        /// Why.
+        error: String,
+        /// The rejecting ACK, if any.
+        ack: Option<Bytes>,
+    },
+    /// Claimed in a batch but never sent (an earlier one failed under strict order, or the
+    /// sender is stopping): back to its place in the queue, the attempt not counted.
+    Unsent,
+}
+
+/// One entry of [`Store::settle`](crate::Store::settle).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Settlement {
+    /// The in-flight delivery.
+    pub id: DeliveryId,
+    /// How it ended.
+    pub outcome: Settle,
 }
 
 /// A delivery that was in flight at a crash and is queued again, flagged possible duplicate

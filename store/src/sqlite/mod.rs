@@ -27,8 +27,9 @@ use self::writer::{Counters, Writer};
 use crate::error::StoreError;
 use crate::store::Store;
 use crate::types::{
-    Claim, DeliveryId, DeliveryOrder, Duplicate, MessageDetail, MessageId, MessageSummary,
-    NewMessage, Processing, QueueDepth, RecoveredDelivery, Search, StoredMessage,
+    Claim, ClaimedDelivery, DeliveryId, DeliveryOrder, Duplicate, MessageDetail, MessageId,
+    MessageSummary, NewMessage, Processing, QueueDepth, RecoveredDelivery, Search, Settlement,
+    StoredMessage,
 };
 
 /// Settings of the embedded store.
@@ -212,6 +213,20 @@ impl Store for SqliteStore {
             .await
     }
 
+    async fn journal_processed(
+        &self,
+        message: NewMessage,
+        processing: Processing,
+    ) -> Result<(MessageId, Vec<DeliveryId>), StoreError> {
+        self.writer
+            .submit("journal_processed", move |c| {
+                let id = ops::journal(c, &message)?;
+                let deliveries = ops::complete_processing(c, id, &processing)?;
+                Ok((id, deliveries))
+            })
+            .await
+    }
+
     async fn record_ack(&self, id: MessageId, ack: Bytes) -> Result<(), StoreError> {
         self.writer
             .submit("record_ack", move |c| ops::record_ack(c, id, &ack))
@@ -255,17 +270,27 @@ impl Store for SqliteStore {
         Ok(recovered)
     }
 
-    async fn claim_next(
+    async fn claim_batch(
         &self,
         destination: &str,
         order: DeliveryOrder,
         now: SystemTime,
-    ) -> Result<Claim, StoreError> {
+        limit: usize,
+    ) -> Result<Claim<Vec<ClaimedDelivery>>, StoreError> {
         let destination = destination.to_owned();
         self.writer
-            .submit("claim_next", move |c| {
-                ops::claim_next(c, &destination, order, now)
+            .submit("claim_batch", move |c| {
+                ops::claim_batch(c, &destination, order, now, limit)
             })
+            .await
+    }
+
+    async fn settle(
+        &self,
+        settlements: Vec<Settlement>,
+    ) -> Result<Vec<(DeliveryId, StoreError)>, StoreError> {
+        self.writer
+            .submit("settle", move |c| ops::settle(c, &settlements))
             .await
     }
 

@@ -13,14 +13,15 @@ use rusqlite::types::Value;
 use rusqlite::{Connection, OptionalExtension, Row, params, params_from_iter};
 
 use super::convert::{
-    OpResult, count_u32, delivery_status, message_status, micros, now_micros, step_outcome, time,
+    OpError, OpResult, count_u32, delivery_status, message_status, micros, now_micros,
+    step_outcome, time,
 };
 use crate::error::StoreError;
 use crate::types::{
     Claim, ClaimedDelivery, DeliveryCounts, DeliveryDetail, DeliveryId, DeliveryOrder,
     DeliveryStatus, Duplicate, MessageDetail, MessageId, MessageStatus, MessageSummary, NewMessage,
-    Processing, QueueDepth, RecoveredDelivery, Search, StepDetail, StepOutcome, StoredMessage,
-    TypeFilter,
+    Processing, QueueDepth, RecoveredDelivery, Search, Settle, Settlement, StepDetail, StepOutcome,
+    StoredMessage, TypeFilter,
 };
 
 /// The unfinished-delivery condition, verbatim as in the partial indexes' WHERE: SQLite uses a
@@ -56,7 +57,7 @@ pub(crate) mod sql {
         "SELECT id, status, next_attempt_at FROM deliveries
          WHERE destination = ?1 AND ",
         pending!(""),
-        " ORDER BY id LIMIT 1"
+        " ORDER BY id LIMIT ?2"
     );
 
     pub(crate) const SET_ASIDE_DUE: &str = concat!(
@@ -64,7 +65,7 @@ pub(crate) mod sql {
          WHERE destination = ?1 AND ",
         pending!(""),
         " AND status = 'queued' AND (next_attempt_at IS NULL OR next_attempt_at <= ?2)
-         ORDER BY id LIMIT 1"
+         ORDER BY id LIMIT ?3"
     );
 
     pub(crate) const SET_ASIDE_NEXT: &str = concat!(
@@ -96,7 +97,7 @@ pub(crate) mod sql {
     pub(crate) const BY_KEY_DUE: &str = concat!(
         "SELECT d.id",
         key_heads!(),
-        " AND (d.next_attempt_at IS NULL OR d.next_attempt_at <= ?2) ORDER BY d.id LIMIT 1"
+        " AND (d.next_attempt_at IS NULL OR d.next_attempt_at <= ?2) ORDER BY d.id LIMIT ?3"
     );
 
     pub(crate) const BY_KEY_NEXT: &str = concat!("SELECT min(d.next_attempt_at)", key_heads!());
@@ -335,81 +336,90 @@ pub(crate) fn recover_in_flight(conn: &Connection) -> OpResult<Vec<RecoveredDeli
     Ok(recovered)
 }
 
-pub(crate) fn claim_next(
+pub(crate) fn claim_batch(
     conn: &Connection,
     destination: &str,
     order: DeliveryOrder,
     now: SystemTime,
-) -> OpResult<Claim> {
+    limit: usize,
+) -> OpResult<Claim<Vec<ClaimedDelivery>>> {
     let now = micros(now);
-    let picked = match order {
+    let limit = i64::try_from(limit.max(1)).unwrap_or(i64::MAX);
+    let ids = |sql: &str, args: &[&dyn rusqlite::ToSql]| -> OpResult<Vec<i64>> {
+        Ok(conn
+            .prepare_cached(sql)?
+            .query_map(args, |r| r.get(0))?
+            .collect::<rusqlite::Result<Vec<i64>>>()?)
+    };
+    let picked: Vec<i64> = match order {
         DeliveryOrder::Strict => {
-            let head: Option<(i64, String, Option<i64>)> = conn
-                .prepare_cached(sql::STRICT_HEAD)?
-                .query_row([destination], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
-                .optional()?;
-            match head {
+            // The head decides; behind it, the run of deliveries that are due (a later one with
+            // a retry time of its own, after an operator's retry, ends the run).
+            let mut stmt = conn.prepare_cached(sql::STRICT_HEAD)?;
+            let run: Vec<(i64, String, Option<i64>)> = stmt
+                .query_map(params![destination, limit], |r| {
+                    Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+                })?
+                .collect::<rusqlite::Result<_>>()?;
+            match run.first() {
                 None => return Ok(Claim::Empty),
                 Some((_, status, _)) if status == "in_flight" => return Ok(Claim::Blocked),
-                Some((_, _, Some(next))) if next > now => {
-                    return Ok(Claim::WaitUntil(time(next)));
+                Some((_, _, Some(next))) if *next > now => {
+                    return Ok(Claim::WaitUntil(time(*next)));
                 }
-                Some((id, _, _)) => id,
+                Some(_) => run
+                    .iter()
+                    .take_while(|(_, status, next)| {
+                        status == "queued" && next.is_none_or(|t| t <= now)
+                    })
+                    .map(|(id, _, _)| *id)
+                    .collect(),
             }
         }
         DeliveryOrder::SetAside => {
-            let due: Option<i64> = conn
-                .prepare_cached(sql::SET_ASIDE_DUE)?
-                .query_row(params![destination, now], |r| r.get(0))
-                .optional()?;
-            match due {
-                Some(id) => id,
-                None => {
-                    let next: Option<i64> = conn
-                        .prepare_cached(sql::SET_ASIDE_NEXT)?
-                        .query_row([destination], |r| r.get(0))?;
-                    return Ok(next.map_or(Claim::Empty, |t| Claim::WaitUntil(time(t))));
-                }
+            let due = ids(sql::SET_ASIDE_DUE, &[&destination, &now, &limit])?;
+            if due.is_empty() {
+                let next: Option<i64> = conn
+                    .prepare_cached(sql::SET_ASIDE_NEXT)?
+                    .query_row([destination], |r| r.get(0))?;
+                return Ok(next.map_or(Claim::Empty, |t| Claim::WaitUntil(time(t))));
             }
+            due
         }
         DeliveryOrder::ByKey => {
-            let due: Option<i64> = conn
-                .prepare_cached(sql::BY_KEY_DUE)?
-                .query_row(params![destination, now], |r| r.get(0))
-                .optional()?;
-            match due {
-                Some(id) => id,
-                None => {
-                    let next: Option<i64> = conn
-                        .prepare_cached(sql::BY_KEY_NEXT)?
-                        .query_row([destination], |r| r.get(0))?;
-                    if let Some(t) = next {
-                        return Ok(Claim::WaitUntil(time(t)));
-                    }
-                    let queued: bool = conn
-                        .prepare_cached(sql::ANY_QUEUED)?
-                        .query_row([destination], |r| r.get(0))?;
-                    return Ok(if queued { Claim::Blocked } else { Claim::Empty });
+            let due = ids(sql::BY_KEY_DUE, &[&destination, &now, &limit])?;
+            if due.is_empty() {
+                let next: Option<i64> = conn
+                    .prepare_cached(sql::BY_KEY_NEXT)?
+                    .query_row([destination], |r| r.get(0))?;
+                if let Some(t) = next {
+                    return Ok(Claim::WaitUntil(time(t)));
                 }
+                let queued: bool = conn
+                    .prepare_cached(sql::ANY_QUEUED)?
+                    .query_row([destination], |r| r.get(0))?;
+                return Ok(if queued { Claim::Blocked } else { Claim::Empty });
             }
+            due
         }
     };
-    conn.prepare_cached(
+    let mut mark = conn.prepare_cached(
         "UPDATE deliveries
          SET status = 'in_flight', attempts = attempts + 1, last_attempt_at = ?2
          WHERE id = ?1",
-    )?
-    .execute(params![picked, now])?;
-    let claimed = conn
-        .prepare_cached(
-            "SELECT d.id, d.message_id, d.route, d.destination, p.payload, m.control_id,
-                    m.message_type, d.order_key, d.attempts, d.possible_duplicate
-             FROM deliveries d
-             JOIN messages m ON m.id = d.message_id
-             JOIN delivery_payloads p ON p.delivery_id = d.id
-             WHERE d.id = ?1",
-        )?
-        .query_row([picked], |r| {
+    )?;
+    let mut read = conn.prepare_cached(
+        "SELECT d.id, d.message_id, d.route, d.destination, p.payload, m.control_id,
+                m.message_type, d.order_key, d.attempts, d.possible_duplicate
+         FROM deliveries d
+         JOIN messages m ON m.id = d.message_id
+         JOIN delivery_payloads p ON p.delivery_id = d.id
+         WHERE d.id = ?1",
+    )?;
+    let mut batch = Vec::with_capacity(picked.len());
+    for id in picked {
+        mark.execute(params![id, now])?;
+        batch.push(read.query_row([id], |r| {
             Ok(ClaimedDelivery {
                 id: DeliveryId(r.get(0)?),
                 message_id: MessageId(r.get(1)?),
@@ -422,8 +432,51 @@ pub(crate) fn claim_next(
                 attempts: count_u32(r.get(8)?),
                 possible_duplicate: r.get(9)?,
             })
-        })?;
-    Ok(Claim::Ready(claimed))
+        })?);
+    }
+    Ok(Claim::Ready(batch))
+}
+
+/// Applies each settlement whose delivery is in flight; returns the others with the reason.
+pub(crate) fn settle(
+    conn: &Connection,
+    settlements: &[Settlement],
+) -> OpResult<Vec<(DeliveryId, StoreError)>> {
+    let mut refused = Vec::new();
+    for s in settlements {
+        let applied = match &s.outcome {
+            Settle::Delivered(ack) => delivered(conn, s.id, ack),
+            Settle::Retry {
+                error,
+                next_attempt,
+            } => retry_later(conn, s.id, error, *next_attempt),
+            Settle::DeadLetter { error, ack } => finish_delivery(
+                conn,
+                "settle",
+                s.id,
+                &[DeliveryStatus::InFlight],
+                DEAD_LETTER,
+                &[&s.id.0, error, &ack.as_deref(), &now_micros()],
+            ),
+            Settle::Unsent => finish_delivery(
+                conn,
+                "settle",
+                s.id,
+                &[DeliveryStatus::InFlight],
+                "UPDATE deliveries SET status = 'queued', attempts = max(attempts - 1, 0)
+                 WHERE id = ?1",
+                &[&s.id.0],
+            ),
+        };
+        match applied {
+            Ok(()) => {}
+            Err(OpError::Store(
+                e @ (StoreError::WrongDeliveryState { .. } | StoreError::DeliveryNotFound(_)),
+            )) => refused.push((s.id, e)),
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(refused)
 }
 
 /// Moves a delivery from one of `from` to its next state, or says why it cannot.
@@ -483,6 +536,10 @@ pub(crate) fn retry_later(
     )
 }
 
+const DEAD_LETTER: &str = "UPDATE deliveries
+     SET status = 'error', last_error = ?2, ack = coalesce(?3, ack), finished_at = ?4
+     WHERE id = ?1";
+
 pub(crate) fn dead_letter(
     conn: &Connection,
     id: DeliveryId,
@@ -494,9 +551,7 @@ pub(crate) fn dead_letter(
         "dead_letter",
         id,
         &[DeliveryStatus::InFlight, DeliveryStatus::Queued],
-        "UPDATE deliveries
-         SET status = 'error', last_error = ?2, ack = coalesce(?3, ack), finished_at = ?4
-         WHERE id = ?1",
+        DEAD_LETTER,
         &[&id.0, &error, &ack, &now_micros()],
     )
 }

@@ -33,6 +33,9 @@ pub(crate) struct Counters {
     pub(crate) largest_batch: AtomicU64,
 }
 
+/// The longest a batch waits for the callers of the previous batch to send their next jobs.
+const GATHER: std::time::Duration = std::time::Duration::from_micros(200);
+
 /// A type-erased write request: run inside the batch, then answered after the commit.
 trait Job: Send {
     fn operation(&self) -> &'static str;
@@ -164,14 +167,28 @@ fn run(
     counters: &Counters,
 ) {
     let mut batch: Vec<Box<dyn Job>> = Vec::with_capacity(max_batch);
+    // How many jobs the last batch carried: the callers it answered are likely to send their
+    // next jobs at once, so a batch waits a moment (at most GATHER) for that many to arrive
+    // rather than committing the first few on their own and making the rest wait a whole sync.
+    let mut last = 1;
     while let Some(first) = rx.blocking_recv() {
         batch.push(first);
-        while batch.len() < max_batch {
+        let gather_until = Instant::now() + GATHER;
+        loop {
             match rx.try_recv() {
-                Ok(job) => batch.push(job),
+                Ok(job) => {
+                    batch.push(job);
+                    if batch.len() >= max_batch {
+                        break;
+                    }
+                }
+                Err(_) if batch.len() < last && Instant::now() < gather_until => {
+                    std::thread::yield_now();
+                }
                 Err(_) => break,
             }
         }
+        last = batch.len();
         let started = Instant::now();
         let committed = commit_batch(&conn, &mut batch);
         if committed {
