@@ -2,9 +2,10 @@
 //! together.
 //!
 //! One message's way: the listener hands each frame to [`Intake`], which parses it and checks
-//! the fields every message needs, journals the raw bytes durably, picks the routes and
-//! queues a delivery for each of their destinations, then answers as the listener's
-//! `ack_policy` says — by default AA/CA as soon as the message is journaled. Anything wrong
+//! the fields every message needs, picks the routes and runs their steps, then stores the raw
+//! bytes, each step's result and a delivery for each destination in one durable commit, and
+//! answers as the listener's `ack_policy` says — by default AA/CA as soon as that commit is
+//! durable. Anything wrong
 //! with the message is answered with AR/AE (CR/CE in enhanced mode) and an ERR segment naming
 //! what and where; a message that cannot be stored gets AE, never AA.
 //!
@@ -1179,23 +1180,32 @@ impl Intake {
                 Err(e) => warn!(error = %e, "duplicate check failed; processing the message"),
             }
         }
-        let id = match store
-            .journal(NewMessage {
-                received_at: SystemTime::now(),
-                listener: self.listener.to_string(),
-                peer: peer.peer.to_string(),
-                control_id: control_id.to_owned(),
-                message_type: env.message_type.clone(),
-                sending_application,
-                sending_facility,
-                patient_id: msg
-                    .get(&Path::new("PID").with_field(3).with_component(1))
-                    .unwrap_or_default(),
-                raw: msg.encode(),
-            })
+        let message = NewMessage {
+            received_at: SystemTime::now(),
+            listener: self.listener.to_string(),
+            peer: peer.peer.to_string(),
+            control_id: control_id.to_owned(),
+            message_type: env.message_type.clone(),
+            sending_application,
+            sending_facility,
+            patient_id: msg
+                .get(&Path::new("PID").with_field(3).with_component(1))
+                .unwrap_or_default(),
+            raw: msg.encode(),
+        };
+        // The steps run before anything is written, so the raw message and its processing
+        // share one commit; if that commit fails nothing is stored, and the sender gets AE and
+        // sends the message again.
+        let (version, processed) = self.pipeline.process(&self.listener, env, msg).await;
+        let copies = processed.copies.len();
+        let (id, ids) = match store
+            .journal_processed(message, processed.processing(&version))
             .await
         {
-            Ok(id) => id,
+            Ok(stored) => {
+                Pipeline::wake(&version, &processed);
+                stored
+            }
             Err(e) => {
                 error!(error = %e, "cannot store the message; answering AE");
                 return (
@@ -1213,35 +1223,6 @@ impl Intake {
             }
         };
         let stored = Some((store.clone(), id));
-        let (version, processed) = self.pipeline.process(&self.listener, env, msg).await;
-        let copies = processed.copies.len();
-        let recorded = store
-            .complete_processing(id, processed.processing(&version))
-            .await;
-        let ids = match recorded {
-            Ok(ids) => {
-                Pipeline::wake(&version, &processed);
-                ids
-            }
-            Err(e) => {
-                error!(error = %e, message = %id, "processing could not be recorded; it is processed again at the next start");
-                if set.ack_policy == AckPolicy::AfterStore {
-                    return (Answer::Accepted { copies }, stored);
-                }
-                return (
-                    Answer::Refused(
-                        AckCode::AE,
-                        AckError {
-                            code: ErrorCode::ApplicationInternalError,
-                            location: None,
-                            text: "the message was stored but could not be processed yet".into(),
-                            severity: Severity::Error,
-                        },
-                    ),
-                    stored,
-                );
-            }
-        };
         if let Some(answer) = self.step_answer(set, &processed) {
             return (answer, stored);
         }

@@ -5,6 +5,8 @@ mod support;
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use support::*;
@@ -57,6 +59,73 @@ fn destination_down_then_up_gets_everything_in_order() {
     std::fs::create_dir_all(&out).unwrap();
     let (_emr, _) = standin("emr", &out, port, &[]);
     assert_eq!(wait_files(&out, 5, Duration::from_secs(30)), sent);
+}
+
+/// A receiver that answers AE to the first attempt of `fail_once` and AA to everything else,
+/// and records the control ids in the order they arrive.
+fn flaky_receiver(port: u16, fail_once: &'static str) -> Arc<Mutex<Vec<String>>> {
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let socket = TcpListener::bind(("127.0.0.1", port)).unwrap();
+    let record = seen.clone();
+    std::thread::spawn(move || {
+        let failed = Arc::new(AtomicBool::new(false));
+        for stream in socket.incoming() {
+            let Ok(stream) = stream else { return };
+            let (record, failed) = (record.clone(), failed.clone());
+            std::thread::spawn(move || {
+                let mut conn = Mllp::from_stream(stream);
+                while let Some(frame) = conn.recv(Duration::from_secs(30)) {
+                    let id = field(&frame, "MSH", 10);
+                    record.lock().unwrap().push(id.clone());
+                    let code = if id == fail_once && !failed.swap(true, Ordering::SeqCst) {
+                        "AE"
+                    } else {
+                        "AA"
+                    };
+                    conn.send(
+                        format!(
+                            "MSH|^~\\&|EMR|EMR|COURIER|RIVERSIDE|20261202||ACK|R{id}|P|2.5.1\rMSA|{code}|{id}\r"
+                        )
+                        .as_bytes(),
+                    );
+                }
+            });
+        }
+    });
+    seen
+}
+
+/// Deliveries are claimed from the store in batches; under strict order a delivery that fails
+/// in the middle of a batch holds back the rest of it until it has gone through.
+#[test]
+fn a_failure_mid_batch_holds_back_the_rest_under_strict_order() {
+    let tmp = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let dest: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let (engine, addr) = start_engine(tmp.path(), &config(dest, 100, true), "in");
+    let mut c = Mllp::connect(addr);
+    // Queued while the destination is down, so the worker claims them together once it is up.
+    let ids: Vec<String> = (1..=10).map(|i| format!("B{i}")).collect();
+    for id in &ids {
+        assert_eq!(field(&c.request(&adt(id)), "MSA", 1), "AA");
+    }
+    engine.wait_line(Duration::from_secs(10), |l| {
+        l.contains("will retry").then_some(())
+    });
+    let seen = flaky_receiver(port, "B3");
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while seen.lock().unwrap().len() < 11 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{:?}",
+            seen.lock().unwrap()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    let mut want: Vec<&str> = vec!["B1", "B2", "B3", "B3"];
+    want.extend(ids[3..].iter().map(String::as_str));
+    assert_eq!(*seen.lock().unwrap(), want);
 }
 
 #[test]

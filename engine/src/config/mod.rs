@@ -323,6 +323,12 @@ pub struct DestinationConfig {
     /// acknowledgement block (`ACK` = delivered; `NAK` or a timeout = sent again).
     #[serde(default = "defaults::mllp_release")]
     pub mllp_release: u8,
+    /// With the store: how many queued deliveries one store commit claims (marks in flight)
+    /// and how many sends share the commit that records their outcomes. Larger is faster under
+    /// load; after a crash, up to this many may be sent again, flagged possible duplicates.
+    /// `1` records every delivery on its own.
+    #[serde(default = "defaults::claim_batch")]
+    pub claim_batch: usize,
 }
 
 /// Destination transports.
@@ -482,6 +488,9 @@ mod defaults {
     }
     pub fn queue_capacity() -> usize {
         1000
+    }
+    pub fn claim_batch() -> usize {
+        32
     }
     pub fn step_deadline() -> Duration {
         Duration::from_millis(100)
@@ -695,6 +704,13 @@ impl Validator<'_> {
             }
             if dc.ack_timeout.is_zero() {
                 return Err(self.err(d.span(), key("ack_timeout"), "must be greater than 0"));
+            }
+            if !(1..=1000).contains(&dc.claim_batch) {
+                return Err(self.err(
+                    d.span(),
+                    key("claim_batch"),
+                    format!("{} is out of range; use 1 to 1000", dc.claim_batch),
+                ));
             }
             match (&dc.ordering, &dc.order_key) {
                 (OrderingConfig::ByKey, None) => {

@@ -3,7 +3,9 @@
 //!
 //! The store marks a delivery in flight (and counts the attempt) durably before it is sent,
 //! so after a crash a delivery that may already have reached the receiver is sent again and
-//! flagged as a possible duplicate. Order and what a failure holds back follow the
+//! flagged as a possible duplicate. Under load the worker claims up to `claim_batch`
+//! deliveries in one commit, sends them one by one, and records their outcomes in the commit
+//! that claims the next batch: one sync per batch instead of two per message. Order and what a failure holds back follow the
 //! destination's `ordering`. The worker wakes when a delivery is queued for it, when a retry
 //! falls due, and once a second to pick up what another process (the CLI) queued.
 
@@ -11,7 +13,9 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use courier_mllp::MllpClient;
-use courier_store::{Claim, ClaimedDelivery, DeliveryOrder, Store, StoreError};
+use courier_store::{
+    Claim, ClaimedDelivery, DeliveryId, DeliveryOrder, Settle, Settlement, Store, StoreError,
+};
 use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -22,8 +26,12 @@ use super::waiters::{Finished, Waiters};
 use super::{Attempt, backoff_after, client_for};
 use crate::config::{DestinationConfig, OrderingConfig, RetryConfig};
 
-/// How often an idle worker looks at the store without being woken.
+/// How often an idle worker looks at the store without being woken (and how soon it tries
+/// again to record outcomes the store refused).
 const POLL: Duration = Duration::from_secs(1);
+
+/// How long a stopping worker waits for the store to record its last outcomes.
+const LAST_SETTLE: Duration = Duration::from_secs(2);
 
 /// The handle the intake uses to wake a destination's worker.
 #[derive(Debug, Clone)]
@@ -71,10 +79,12 @@ pub fn spawn(
         ack_timeout: cfg.ack_timeout,
         release: cfg.mllp_release,
         retry: cfg.retry.clone(),
+        batch: cfg.claim_batch,
         store,
         waiters,
         notify: notify.clone(),
         stops,
+        unsettled: Vec::new(),
     };
     let span = info_span!("destination", destination = %cfg.name, address = %cfg.address.get_ref());
     let task = tracker.spawn(
@@ -97,10 +107,15 @@ struct Worker {
     /// MLLP release: 2 waits for a commit acknowledgement instead of an HL7 ACK.
     release: u8,
     retry: RetryConfig,
+    /// Deliveries claimed per store commit.
+    batch: usize,
     store: Arc<dyn Store>,
     waiters: Arc<Waiters>,
     notify: Arc<Notify>,
     stops: Stops,
+    /// Outcomes not yet recorded in the store, with what to tell a waiting listener once they
+    /// are. They are written together with the next claim.
+    unsettled: Vec<(Settlement, Option<Finished>)>,
 }
 
 impl Worker {
@@ -109,23 +124,15 @@ impl Worker {
         let retire = self.stops.retire.clone();
         loop {
             if stop.is_cancelled() || retire.is_cancelled() {
+                self.last_settle().await;
                 return;
             }
-            let claim = self
-                .store
-                .claim_next(&self.name, self.order, SystemTime::now())
-                .await;
-            let wait_until = match claim {
-                Ok(Claim::Ready(d)) => {
-                    let outcome = tokio::select! {
-                        biased;
-                        _ = stop.cancelled() => {
-                            warn!(control_id = %d.control_id, "stopping mid-send; it is sent again after a restart");
-                            return;
-                        }
-                        o = self.send(&d) => o,
-                    };
-                    self.record(&d, outcome).await;
+            let wait_until = match self.settle_and_claim().await {
+                Ok(Claim::Ready(batch)) => {
+                    if !self.send_batch(batch).await {
+                        self.last_settle().await;
+                        return;
+                    }
                     continue;
                 }
                 Ok(Claim::WaitUntil(t)) => Some(t),
@@ -135,8 +142,9 @@ impl Worker {
                     Some(SystemTime::now() + POLL)
                 }
             };
-            // Nothing is ready now. While draining for shutdown, that means done.
-            if self.stops.drain.is_cancelled() {
+            // Nothing is ready now. While draining for shutdown, that means done, once every
+            // outcome is recorded.
+            if self.stops.drain.is_cancelled() && self.unsettled.is_empty() {
                 return;
             }
             let sleep = wait_until
@@ -145,12 +153,130 @@ impl Worker {
                 .min(POLL);
             tokio::select! {
                 biased;
-                _ = stop.cancelled() => return,
-                _ = retire.cancelled() => return,
-                _ = self.stops.drain.cancelled() => {}
+                _ = stop.cancelled() => {}
+                _ = retire.cancelled() => {}
+                _ = self.stops.drain.cancelled(), if self.unsettled.is_empty() => {}
                 _ = self.notify.notified() => {}
                 _ = tokio::time::sleep(sleep) => {}
             }
+        }
+    }
+
+    /// Records the outcomes so far and claims the next batch, usually in one store commit.
+    async fn settle_and_claim(&mut self) -> Result<Claim<Vec<ClaimedDelivery>>, StoreError> {
+        let claim = self
+            .store
+            .claim_batch(&self.name, self.order, SystemTime::now(), self.batch);
+        if self.unsettled.is_empty() {
+            return claim.await;
+        }
+        let settle = self.store.settle(self.pending());
+        // `join` polls the settlement first, so the store applies it before the claim: under
+        // strict order the claim then sees the finished head.
+        let (settled, claimed) = futures::future::join(settle, claim).await;
+        self.settled(settled);
+        claimed
+    }
+
+    /// Records the outcomes so far on their own (a listener is waiting for them).
+    async fn settle_now(&mut self) {
+        if !self.unsettled.is_empty() {
+            let settled = self.store.settle(self.pending()).await;
+            self.settled(settled);
+        }
+    }
+
+    /// Records what is left when stopping, without waiting long for a sick store: what is not
+    /// recorded stays in flight and is sent again after a restart, flagged.
+    async fn last_settle(&mut self) {
+        if self.unsettled.is_empty() {
+            return;
+        }
+        match tokio::time::timeout(LAST_SETTLE, self.store.settle(self.pending())).await {
+            Ok(settled) => self.settled(settled),
+            Err(_) => warn!(
+                deliveries = self.unsettled.len(),
+                "stopping before their outcomes were recorded; they are sent again after a restart"
+            ),
+        }
+    }
+
+    fn pending(&self) -> Vec<Settlement> {
+        self.unsettled.iter().map(|(s, _)| s.clone()).collect()
+    }
+
+    fn settled(&mut self, settled: Result<Vec<(DeliveryId, StoreError)>, StoreError>) {
+        match settled {
+            Ok(refused) => {
+                for (id, e) in &refused {
+                    warn!(delivery = %id, error = %e, "the delivery changed while it was being sent (an operator?); its outcome is not recorded");
+                }
+                for (s, finished) in self.unsettled.drain(..) {
+                    if let Some(f) = finished
+                        && !refused.iter().any(|(id, _)| *id == s.id)
+                    {
+                        self.waiters.finish(s.id, f);
+                    }
+                }
+            }
+            Err(e) => {
+                error!(deliveries = self.unsettled.len(), error = %e, "cannot record the deliveries' outcomes; trying again");
+            }
+        }
+    }
+
+    /// Sends a batch in order; false when told to stop at once. A delivery that fails ends the
+    /// batch (the rest go back to the queue unsent), so under strict order nothing overtakes
+    /// it, and under the other orders the next claim skips it while it waits for its retry.
+    async fn send_batch(&mut self, batch: Vec<ClaimedDelivery>) -> bool {
+        let stop = self.stops.stop.clone();
+        let mut rest = batch.into_iter();
+        while let Some(d) = rest.next() {
+            if stop.is_cancelled() || self.stops.retire.is_cancelled() {
+                self.unsent(std::iter::once(d).chain(rest));
+                return true;
+            }
+            let outcome = tokio::select! {
+                biased;
+                _ = stop.cancelled() => {
+                    // Left in flight: it may have gone out, so it is sent again after a
+                    // restart, flagged.
+                    warn!(control_id = %d.control_id, "stopping mid-send; it is sent again after a restart");
+                    self.unsent(rest);
+                    return false;
+                }
+                o = self.send(&d) => o,
+            };
+            let failed = matches!(outcome, Attempt::Retry { .. });
+            let (settlement, finished) = self.judge(&d, outcome);
+            self.unsettled.push((
+                Settlement {
+                    id: d.id,
+                    outcome: settlement,
+                },
+                finished,
+            ));
+            if failed {
+                self.unsent(rest);
+                return true;
+            }
+            if self.waiters.is_enabled() {
+                // A listener may be holding its sender's ACK for this outcome.
+                self.settle_now().await;
+            }
+        }
+        true
+    }
+
+    fn unsent(&mut self, rest: impl Iterator<Item = ClaimedDelivery>) {
+        for d in rest {
+            self.unsettled.push((
+                Settlement {
+                    id: d.id,
+                    outcome: Settle::Unsent,
+                },
+                None,
+            ));
         }
     }
 
@@ -173,10 +299,9 @@ impl Worker {
         .await
     }
 
-    /// Records the outcome; a store that fails is retried until it answers (or we are
-    /// stopped), so an outcome is never forgotten while the engine runs.
-    async fn record(&self, d: &ClaimedDelivery, outcome: Attempt) {
-        let (result, finished) = match &outcome {
+    /// Logs an outcome and says how to record it.
+    fn judge(&self, d: &ClaimedDelivery, outcome: Attempt) -> (Settle, Option<Finished>) {
+        match outcome {
             Attempt::Delivered(ack) => {
                 info!(
                     route = %d.route,
@@ -187,8 +312,8 @@ impl Worker {
                     "delivered"
                 );
                 (
-                    Outcome::Delivered(ack.clone()),
-                    Some(Finished::Delivered(ack.clone())),
+                    Settle::Delivered(ack.clone()),
+                    Some(Finished::Delivered(ack)),
                 )
             }
             Attempt::Rejected { ack, reason } => {
@@ -201,8 +326,11 @@ impl Worker {
                     "destination rejected the message; not retrying (dead letter)"
                 );
                 (
-                    Outcome::DeadLetter(reason.clone(), Some(ack.clone())),
-                    Some(Finished::Failed(Some(ack.clone()))),
+                    Settle::DeadLetter {
+                        error: reason,
+                        ack: Some(ack.clone()),
+                    },
+                    Some(Finished::Failed(Some(ack))),
                 )
             }
             Attempt::Retry { reason } => {
@@ -216,10 +344,10 @@ impl Worker {
                         "delivery failed; retry.max_attempts reached (dead letter)"
                     );
                     (
-                        Outcome::DeadLetter(
-                            format!("{reason} (after {} attempts)", d.attempts),
-                            None,
-                        ),
+                        Settle::DeadLetter {
+                            error: format!("{reason} (after {} attempts)", d.attempts),
+                            ack: None,
+                        },
                         Some(Finished::Failed(None)),
                     )
                 } else {
@@ -233,41 +361,14 @@ impl Worker {
                         "delivery failed; will retry"
                     );
                     (
-                        Outcome::Retry(reason.clone(), SystemTime::now() + wait),
+                        Settle::Retry {
+                            error: reason,
+                            next_attempt: SystemTime::now() + wait,
+                        },
                         None,
                     )
                 }
             }
-        };
-        let mut pause = Duration::from_millis(100);
-        loop {
-            let written: Result<(), StoreError> = match &result {
-                Outcome::Delivered(ack) => self.store.delivered(d.id, ack.clone()).await,
-                Outcome::DeadLetter(reason, ack) => {
-                    self.store.dead_letter(d.id, reason, ack.clone()).await
-                }
-                Outcome::Retry(reason, at) => self.store.retry_later(d.id, reason, *at).await,
-            };
-            match written {
-                Ok(()) => break,
-                Err(e) => {
-                    error!(delivery = %d.id, error = %e, "cannot record the delivery's outcome; trying again");
-                    tokio::select! {
-                        _ = self.stops.stop.cancelled() => return,
-                        _ = tokio::time::sleep(pause) => {}
-                    }
-                    pause = (pause * 2).min(Duration::from_secs(5));
-                }
-            }
-        }
-        if let Some(f) = finished {
-            self.waiters.finish(d.id, f);
         }
     }
-}
-
-enum Outcome {
-    Delivered(bytes::Bytes),
-    DeadLetter(String, Option<bytes::Bytes>),
-    Retry(String, SystemTime),
 }

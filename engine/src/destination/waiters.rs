@@ -40,6 +40,12 @@ impl Waiters {
         self.enabled.store(true, Ordering::SeqCst);
     }
 
+    /// Whether some listener waits for deliveries (then workers report each outcome as soon
+    /// as it is recorded rather than with the next batch).
+    pub fn is_enabled(&self) -> bool {
+        self.enabled.load(Ordering::SeqCst)
+    }
+
     /// A worker reports a finished delivery.
     pub fn finish(&self, id: DeliveryId, result: Finished) {
         if !self.enabled.load(Ordering::SeqCst) {

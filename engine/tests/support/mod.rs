@@ -201,6 +201,14 @@ impl Mllp {
         }
     }
 
+    /// The receiving end of a connection a test server accepted.
+    pub fn from_stream(stream: TcpStream) -> Mllp {
+        Mllp {
+            stream,
+            buf: Vec::new(),
+        }
+    }
+
     pub fn send(&mut self, payload: &[u8]) {
         let mut frame = vec![0x0b];
         frame.extend_from_slice(payload);
