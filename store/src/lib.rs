@@ -30,7 +30,7 @@ pub use error::{StoreError, UnavailableCause};
 pub use sqlite::{SqliteStore, StoreSettings, StoreStats};
 pub use store::Store;
 pub use types::{
-    Claim, ClaimedDelivery, DeliveryCounts, DeliveryDetail, DeliveryId, DeliveryOrder,
+    AuditEntry, Claim, ClaimedDelivery, DeliveryCounts, DeliveryDetail, DeliveryId, DeliveryOrder,
     DeliveryStatus, Duplicate, MessageDetail, MessageId, MessageStatus, MessageSummary,
     NewDelivery, NewMessage, Processing, ProcessingStatus, QueueDepth, RecoveredDelivery, Search,
     Settle, Settlement, StepDetail, StepOutcome, StepRecord, StoredMessage, TypeFilter,

@@ -15,9 +15,9 @@ use bytes::Bytes;
 
 use crate::error::StoreError;
 use crate::types::{
-    Claim, ClaimedDelivery, DeliveryId, DeliveryOrder, Duplicate, MessageDetail, MessageId,
-    MessageSummary, NewMessage, Processing, QueueDepth, RecoveredDelivery, Search, Settlement,
-    StoredMessage,
+    AuditEntry, Claim, ClaimedDelivery, DeliveryId, DeliveryOrder, Duplicate, MessageDetail,
+    MessageId, MessageSummary, NewMessage, Processing, QueueDepth, RecoveredDelivery, Search,
+    Settlement, StoredMessage,
 };
 
 /// Courier's message store: the durable journal of inbound messages, one durable FIFO queue per
@@ -189,4 +189,14 @@ pub trait Store: Send + Sync + fmt::Debug {
 
     /// The store's size on disk, in bytes.
     async fn size_bytes(&self) -> Result<u64, StoreError>;
+
+    /// Appends to the audit log (kept apart from messages: pruning does not remove it).
+    async fn audit(&self, entry: AuditEntry) -> Result<(), StoreError>;
+
+    /// The audit log, newest first: at most `limit` entries, about one message if given.
+    async fn audit_log(
+        &self,
+        message: Option<MessageId>,
+        limit: u32,
+    ) -> Result<Vec<AuditEntry>, StoreError>;
 }

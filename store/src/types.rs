@@ -337,6 +337,8 @@ pub struct ClaimedDelivery {
     /// It may have been sent before (it was in flight at a crash): log it, and let the
     /// destination know where the protocol allows.
     pub possible_duplicate: bool,
+    /// When the message it came from was received (for end-to-end latency).
+    pub received_at: SystemTime,
 }
 
 impl fmt::Debug for ClaimedDelivery {
@@ -352,6 +354,7 @@ impl fmt::Debug for ClaimedDelivery {
             .field("order_key", &Redacted(&self.order_key))
             .field("attempts", &self.attempts)
             .field("possible_duplicate", &self.possible_duplicate)
+            .field("received_at", &self.received_at)
             .finish()
     }
 }
@@ -818,4 +821,21 @@ mod tests {
         let out = format!("{:?}", StepOutcome::Changed(m.raw.clone()));
         assert!(!out.contains("MSH|"), "{out}");
     }
+}
+
+/// One entry of the audit log: who did what to which message (see
+/// [`Store::audit`](crate::Store::audit)). Never carries patient data: `detail` names ids,
+/// destinations and filters by field name, not values.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuditEntry {
+    /// When.
+    pub at: SystemTime,
+    /// Who: the authenticated identity and where from, e.g. `admin@127.0.0.1`.
+    pub actor: String,
+    /// What: `view`, `resend`, `retry`, `pause`, `resume`, `reload`, `search`.
+    pub action: String,
+    /// The message concerned, if one.
+    pub message_id: Option<MessageId>,
+    /// The rest, e.g. `to=emr` or `destination=lab`.
+    pub detail: String,
 }

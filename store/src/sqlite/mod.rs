@@ -27,9 +27,9 @@ use self::writer::{Counters, Writer};
 use crate::error::StoreError;
 use crate::store::Store;
 use crate::types::{
-    Claim, ClaimedDelivery, DeliveryId, DeliveryOrder, Duplicate, MessageDetail, MessageId,
-    MessageSummary, NewMessage, Processing, QueueDepth, RecoveredDelivery, Search, Settlement,
-    StoredMessage,
+    AuditEntry, Claim, ClaimedDelivery, DeliveryId, DeliveryOrder, Duplicate, MessageDetail,
+    MessageId, MessageSummary, NewMessage, Processing, QueueDepth, RecoveredDelivery, Search,
+    Settlement, StoredMessage,
 };
 
 /// Settings of the embedded store.
@@ -404,6 +404,22 @@ impl Store for SqliteStore {
             "store pruned"
         );
         Ok(pruned)
+    }
+
+    async fn audit(&self, entry: AuditEntry) -> Result<(), StoreError> {
+        self.writer
+            .submit("audit", move |c| ops::audit(c, &entry))
+            .await
+    }
+
+    async fn audit_log(
+        &self,
+        message: Option<MessageId>,
+        limit: u32,
+    ) -> Result<Vec<AuditEntry>, StoreError> {
+        self.readers
+            .run("audit_log", move |c| ops::audit_log(c, message, limit))
+            .await
     }
 
     async fn size_bytes(&self) -> Result<u64, StoreError> {

@@ -18,7 +18,7 @@ use super::convert::{
 };
 use crate::error::StoreError;
 use crate::types::{
-    Claim, ClaimedDelivery, DeliveryCounts, DeliveryDetail, DeliveryId, DeliveryOrder,
+    AuditEntry, Claim, ClaimedDelivery, DeliveryCounts, DeliveryDetail, DeliveryId, DeliveryOrder,
     DeliveryStatus, Duplicate, MessageDetail, MessageId, MessageStatus, MessageSummary, NewMessage,
     Processing, QueueDepth, RecoveredDelivery, Search, Settle, Settlement, StepDetail, StepOutcome,
     StoredMessage, TypeFilter,
@@ -410,7 +410,7 @@ pub(crate) fn claim_batch(
     )?;
     let mut read = conn.prepare_cached(
         "SELECT d.id, d.message_id, d.route, d.destination, p.payload, m.control_id,
-                m.message_type, d.order_key, d.attempts, d.possible_duplicate
+                m.message_type, d.order_key, d.attempts, d.possible_duplicate, m.received_at
          FROM deliveries d
          JOIN messages m ON m.id = d.message_id
          JOIN delivery_payloads p ON p.delivery_id = d.id
@@ -431,6 +431,7 @@ pub(crate) fn claim_batch(
                 order_key: r.get(7)?,
                 attempts: count_u32(r.get(8)?),
                 possible_duplicate: r.get(9)?,
+                received_at: time(r.get(10)?),
             })
         })?);
     }
@@ -845,4 +846,51 @@ pub(crate) fn vacuum_step(conn: &Connection, pages: u32) -> OpResult<u64> {
     conn.execute_batch(&format!("PRAGMA incremental_vacuum({pages})"))?;
     let free: i64 = conn.pragma_query_value(None, "freelist_count", |r| r.get(0))?;
     Ok(u64::try_from(free).unwrap_or(0))
+}
+
+pub(crate) fn audit(conn: &Connection, e: &AuditEntry) -> OpResult<()> {
+    conn.prepare_cached(
+        "INSERT INTO audit (at, actor, action, message_id, detail) VALUES (?1, ?2, ?3, ?4, ?5)",
+    )?
+    .execute(params![
+        micros(e.at),
+        e.actor,
+        e.action,
+        e.message_id.map(|m| m.0),
+        e.detail
+    ])?;
+    Ok(())
+}
+
+pub(crate) fn audit_log(
+    conn: &Connection,
+    message: Option<MessageId>,
+    limit: u32,
+) -> OpResult<Vec<AuditEntry>> {
+    let row = |r: &Row<'_>| -> rusqlite::Result<AuditEntry> {
+        Ok(AuditEntry {
+            at: time(r.get(0)?),
+            actor: r.get(1)?,
+            action: r.get(2)?,
+            message_id: r.get::<_, Option<i64>>(3)?.map(MessageId),
+            detail: r.get(4)?,
+        })
+    };
+    let entries = match message {
+        Some(m) => conn
+            .prepare_cached(
+                "SELECT at, actor, action, message_id, detail FROM audit
+                 WHERE message_id = ?1 ORDER BY id DESC LIMIT ?2",
+            )?
+            .query_map(params![m.0, limit], row)?
+            .collect::<rusqlite::Result<Vec<_>>>()?,
+        None => conn
+            .prepare_cached(
+                "SELECT at, actor, action, message_id, detail FROM audit
+                 ORDER BY id DESC LIMIT ?1",
+            )?
+            .query_map(params![limit], row)?
+            .collect::<rusqlite::Result<Vec<_>>>()?,
+    };
+    Ok(entries)
 }

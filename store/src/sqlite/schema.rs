@@ -15,7 +15,7 @@ use super::convert::classify;
 use crate::error::StoreError;
 
 /// The migration steps; step `i` takes the schema from version `i` to `i + 1`.
-pub(crate) const MIGRATIONS: &[&str] = &[V1];
+pub(crate) const MIGRATIONS: &[&str] = &[V1, V2];
 
 /// The schema version this code writes.
 pub(crate) fn latest_version() -> i64 {
@@ -114,6 +114,23 @@ CREATE INDEX deliveries_pending_key
 CREATE INDEX deliveries_status ON deliveries (status, destination);
 -- A message's deliveries (detail, the pruner's check, cascading deletes).
 CREATE INDEX deliveries_message ON deliveries (message_id, status);
+"#;
+
+/// Version 2: the audit log of what operators did (viewed, resent, retried, paused, reloaded).
+///
+/// No foreign key to `messages`: the record of who looked at a message outlives the message
+/// when the pruner removes it.
+const V2: &str = r#"
+CREATE TABLE audit (
+    id         INTEGER PRIMARY KEY AUTOINCREMENT,
+    at         INTEGER NOT NULL,
+    actor      TEXT NOT NULL,
+    action     TEXT NOT NULL,
+    message_id INTEGER,
+    detail     TEXT NOT NULL
+);
+CREATE INDEX audit_at ON audit (at);
+CREATE INDEX audit_message ON audit (message_id) WHERE message_id IS NOT NULL;
 "#;
 
 /// Settings for the writer connection, then the migrations.

@@ -1,6 +1,7 @@
 //! Integration tests of the embedded store: real SQLite files in temporary directories, driven
 //! through the `Store` trait as the engine drives it.
 
+mod audit;
 mod batches;
 mod common;
 mod crash;

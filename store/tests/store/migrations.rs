@@ -24,7 +24,7 @@ async fn fresh_store_gets_the_schema_and_settings() {
     store.journal(message("C1", "P")).await.unwrap();
     assert_eq!(store.path(), dir.path().join("courier.db"));
     drop(store);
-    assert_eq!(pragma(dir.path(), "user_version"), "1");
+    assert_eq!(pragma(dir.path(), "user_version"), "2");
     assert_eq!(pragma(dir.path(), "journal_mode"), "wal");
     assert_eq!(pragma(dir.path(), "auto_vacuum"), "2", "incremental");
 }
@@ -52,7 +52,7 @@ async fn reopening_an_up_to_date_store_changes_nothing() {
         assert_eq!(store.message(id).await.unwrap().unwrap().control_id, "C1");
     }
     assert_eq!(schema(dir.path()), before);
-    assert_eq!(pragma(dir.path(), "user_version"), "1");
+    assert_eq!(pragma(dir.path(), "user_version"), "2");
 }
 
 #[tokio::test]
@@ -70,7 +70,7 @@ async fn a_store_from_a_newer_courier_is_refused() {
     else {
         panic!("expected SchemaTooNew, got {err:?}")
     };
-    assert_eq!((*found, *supported), (7, 1));
+    assert_eq!((*found, *supported), (7, 2));
     assert!(
         err.to_string().contains("newer than this Courier supports"),
         "{err}"
@@ -79,9 +79,37 @@ async fn a_store_from_a_newer_courier_is_refused() {
     // And the refusal released the store's lock.
     Connection::open(dir.path().join("courier.db"))
         .unwrap()
-        .pragma_update(None, "user_version", 1)
+        .pragma_update(None, "user_version", 2)
         .unwrap();
     open(dir.path());
+}
+
+#[tokio::test]
+async fn a_version_1_store_is_upgraded_in_place() {
+    let dir = tempfile::tempdir().unwrap();
+    let id = {
+        let store = open(dir.path());
+        store.journal(message("C1", "P")).await.unwrap()
+    };
+    // What a store written before the audit log looks like.
+    let conn = Connection::open(dir.path().join("courier.db")).unwrap();
+    conn.execute_batch("DROP TABLE audit; PRAGMA user_version = 1;")
+        .unwrap();
+    drop(conn);
+    let store = open(dir.path());
+    assert_eq!(store.message(id).await.unwrap().unwrap().control_id, "C1");
+    store
+        .audit(courier_store::AuditEntry {
+            at: t(1),
+            actor: "admin".into(),
+            action: "view".into(),
+            message_id: Some(id),
+            detail: String::new(),
+        })
+        .await
+        .unwrap();
+    drop(store);
+    assert_eq!(pragma(dir.path(), "user_version"), "2");
 }
 
 #[tokio::test]
