@@ -27,6 +27,12 @@ data=${COURIER_DATA:-examples/data}
 rm -rf "$data"
 mkdir -p "$data/emr" "$data/lis" "$data/billing" "$data/research"
 
+# The admin API and dashboard need a token: keep the caller's, or make one for this run.
+if [ -z "${COURIER_ADMIN_TOKEN:-}" ]; then
+  COURIER_ADMIN_TOKEN=$(od -An -N24 -tx1 /dev/urandom | tr -d ' \n')
+fi
+export COURIER_ADMIN_TOKEN
+
 pids=()
 cleanup() {
   for p in "${pids[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
@@ -76,6 +82,7 @@ if $once; then
   exit 0
 fi
 echo
+echo "Dashboard: http://127.0.0.1:8575/  (token: $COURIER_ADMIN_TOKEN)"
 echo "The clinic is running. Send more with:"
 echo "  $bin send examples/messages/*.hl7 --to 127.0.0.1:2575"
 echo "Run the route tests (examples/tests/) with:"

@@ -5,10 +5,12 @@
 //! ([`runtime`]). The HL7 model is the `courier-hl7` crate and MLLP framing the
 //! `courier-mllp` crate, so that neither can reach into the other or into the engine.
 
+pub mod admin;
 pub mod config;
 pub mod destination;
 pub mod logging;
 pub mod messagefile;
+pub mod metrics;
 mod reload;
 pub mod route;
 pub mod routetest;

@@ -28,7 +28,7 @@ use crate::runtime::Live;
 /// Runs until `shutdown`: reloads `live` on file changes, SIGHUP and `requests`.
 pub(crate) async fn run(
     mut live: Live,
-    mut requests: mpsc::Receiver<()>,
+    mut requests: mpsc::Receiver<ReloadRequest>,
     shutdown: CancellationToken,
 ) {
     let mut hangup = hangup_signal();
@@ -36,10 +36,14 @@ pub(crate) async fn run(
     let mut watch = Watch::new(events_tx);
     watch.follow(&live);
     loop {
+        let mut reply = None;
         let changed = tokio::select! {
             _ = shutdown.cancelled() => return,
             r = requests.recv() => match r {
-                Some(()) => None,
+                Some(ReloadRequest(answer)) => {
+                    reply = answer;
+                    None
+                }
                 None => {
                     // The engine handle is gone; keep serving files and signals.
                     requests = mpsc::channel(1).1;
@@ -79,7 +83,7 @@ pub(crate) async fn run(
             info!(files = %files.join(", "), "files changed; reloading");
         }
         let before = live.version();
-        match live.reload().await {
+        let outcome = match live.reload().await {
             Ok(version) => {
                 info!(
                     version,
@@ -87,17 +91,30 @@ pub(crate) async fn run(
                     steps = %live_steps(&live),
                     "reloaded; new messages take the new version"
                 );
+                Ok(version)
             }
-            Err(e) => error!(
-                file = %live.config().source.display(),
-                version = before,
-                error = %e,
-                "reload refused; the running version keeps serving"
-            ),
+            Err(e) => {
+                error!(
+                    file = %live.config().source.display(),
+                    version = before,
+                    error = %e,
+                    "reload refused; the running version keeps serving"
+                );
+                Err(e.to_string())
+            }
+        };
+        if let Some(reply) = reply {
+            let _ = reply.send(outcome);
         }
         watch.follow(&live);
     }
 }
+
+/// A request to reload (from the engine handle or the admin API); with a channel, the
+/// outcome is sent back: the new version's number, or why the reload was refused.
+pub(crate) struct ReloadRequest(
+    pub(crate) Option<tokio::sync::oneshot::Sender<Result<u64, String>>>,
+);
 
 /// The step files of the running version with their content hashes, for the log.
 fn live_steps(live: &Live) -> String {

@@ -38,18 +38,22 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{Instrument, error, info, info_span, warn};
 
+use crate::admin::Paused;
 use crate::config::{AckPolicy, Config, DestinationConfig, ListenerConfig, UnroutedPolicy};
 use crate::destination::durable::{self, Stops, Wake};
 use crate::destination::waiters::{Finished, Waiters};
 use crate::destination::{self, Delivery, DestinationHandle};
+use crate::metrics::{METRICS, RouteOutcome};
+use crate::reload::ReloadRequest;
 use crate::route::{Envelope, Router};
 use crate::steps::{RouteResult, StepLoader, Steps, run_route};
 
 /// A running engine.
 pub struct Engine {
     bound: Bound,
+    admin: Option<SocketAddr>,
     shutdown: CancellationToken,
-    reload: tokio::sync::mpsc::Sender<()>,
+    reload: tokio::sync::mpsc::Sender<ReloadRequest>,
     done: JoinHandle<()>,
 }
 
@@ -71,6 +75,7 @@ impl Engine {
             listeners: TaskTracker::new(),
             ack_ids: Arc::new(AckIds::new()),
             grace: Arc::new(GraceCell(AtomicU64::new(0))),
+            paused: Arc::default(),
         };
         tasks.grace.set(config.engine.shutdown_grace);
 
@@ -151,6 +156,23 @@ impl Engine {
             tasks: tasks.clone(),
         };
         let (reload, requests) = tokio::sync::mpsc::channel(4);
+        let admin = match &live.config.admin {
+            Some(cfg) => {
+                let cfg = cfg.get_ref();
+                let token = cfg.resolve_token().map_err(|e| anyhow::anyhow!("{e}"))?;
+                let view = EngineView {
+                    pipeline: live.pipeline.clone(),
+                    paused: tasks.paused.clone(),
+                    reload: reload.clone(),
+                    started_at: SystemTime::now(),
+                };
+                Some(
+                    crate::admin::start(cfg, token, view, &tasks.listeners, tasks.shutdown.clone())
+                        .await?,
+                )
+            }
+            None => None,
+        };
         let reloader = tokio::spawn(crate::reload::run(live, requests, shutdown.clone()));
 
         let grace = tasks.grace.clone();
@@ -179,10 +201,16 @@ impl Engine {
         });
         Ok(Engine {
             bound,
+            admin,
             shutdown,
             reload,
             done,
         })
+    }
+
+    /// The admin server's address, if the config has one.
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin
     }
 
     /// The address each listener is bound to, by name.
@@ -202,12 +230,83 @@ impl Engine {
 
     /// Asks for a reload of the config file and every plugin and script (as SIGHUP does).
     pub fn request_reload(&self) {
-        let _ = self.reload.try_send(());
+        let _ = self.reload.try_send(ReloadRequest(None));
     }
 
     /// Waits until the engine has stopped (after the shutdown token is cancelled).
     pub async fn wait(self) {
         let _ = self.done.await;
+    }
+}
+
+/// What the admin server sees of a running engine and may ask of it.
+#[derive(Clone)]
+pub(crate) struct EngineView {
+    pipeline: Arc<Pipeline>,
+    paused: Arc<Paused>,
+    reload: tokio::sync::mpsc::Sender<ReloadRequest>,
+    started_at: SystemTime,
+}
+
+impl EngineView {
+    /// The config of the version new messages take.
+    pub(crate) fn config(&self) -> Arc<Config> {
+        self.pipeline.current.load().config.clone()
+    }
+
+    /// The running version's number (1 at start, one more per reload).
+    pub(crate) fn version(&self) -> u64 {
+        self.pipeline.current.load().number
+    }
+
+    /// When the engine started.
+    pub(crate) fn started_at(&self) -> SystemTime {
+        self.started_at
+    }
+
+    /// The store, unless it is off.
+    pub(crate) fn store(&self) -> Option<&Arc<dyn Store>> {
+        match &self.pipeline.output {
+            Output::Durable { store, .. } => Some(store),
+            Output::Memory => None,
+        }
+    }
+
+    /// Operator-paused destinations.
+    pub(crate) fn paused(&self) -> &Paused {
+        &self.paused
+    }
+
+    /// Wakes a destination's worker (something was queued for it, or it was resumed); every
+    /// destination's when `None`.
+    pub(crate) fn wake(&self, destination: Option<&str>) {
+        let version = self.pipeline.current.load();
+        for d in &version.dests {
+            if destination.is_none_or(|name| *d.name == *name)
+                && let DestOut::Durable(wake) = &d.out
+            {
+                wake.wake();
+            }
+        }
+    }
+
+    /// In-memory queue depth of a destination (store off), if it has one.
+    pub(crate) fn memory_depth(&self, destination: &str) -> Option<usize> {
+        let version = self.pipeline.current.load();
+        version.dests.iter().find_map(|d| match &d.out {
+            DestOut::Memory(h) if *d.name == *destination => Some(h.depth()),
+            _ => None,
+        })
+    }
+
+    /// Reloads the config file and its steps, as SIGHUP does, and says how it went.
+    pub(crate) async fn reload(&self) -> Result<u64, String> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.reload
+            .send(ReloadRequest(Some(tx)))
+            .await
+            .map_err(|_| "the engine is stopping".to_owned())?;
+        rx.await.map_err(|_| "the engine is stopping".to_owned())?
     }
 }
 
@@ -227,6 +326,8 @@ struct Tasks {
     ack_ids: Arc<AckIds>,
     /// The shutdown grace period, which a reload may change.
     grace: Arc<GraceCell>,
+    /// Destinations an operator paused.
+    paused: Arc<Paused>,
 }
 
 /// A duration shared between the reloader and the shutdown task.
@@ -323,6 +424,7 @@ impl DestWorker {
                         stop: tasks.hard_stop.clone(),
                         retire: retire.clone(),
                     },
+                    tasks.paused.clone(),
                     after,
                 );
                 DestWorker {
@@ -488,6 +590,12 @@ impl Live {
             );
             config.store = self.config.store.clone();
         }
+        if config.admin != self.config.admin {
+            warn!(
+                "[admin] changed; it takes effect at the next restart (the running admin server is kept)"
+            );
+            config.admin = self.config.admin.clone();
+        }
         // Check everything before changing anything.
         for d in &config.destinations {
             let d = d.get_ref();
@@ -605,6 +713,8 @@ impl Live {
 /// destination is. Swapped whole on reload; a message takes one version for its whole way.
 pub(crate) struct Version {
     number: u64,
+    /// The config this version was built from.
+    config: Arc<Config>,
     router: Router,
     steps: Steps,
     /// By destination index (config order): name, order key and where copies go.
@@ -646,6 +756,7 @@ impl Version {
         let router = Router::new(config, |name| dests.iter().position(|d| &*d.name == name))?;
         Ok(Version {
             number,
+            config: Arc::new(config.clone()),
             router,
             steps,
             dests,
@@ -673,8 +784,12 @@ impl Version {
                         changed = m;
                         &changed
                     }
-                    RouteResult::Dropped(_) => continue,
+                    RouteResult::Dropped(_) => {
+                        METRICS.routed(&route.name, RouteOutcome::Filtered);
+                        continue;
+                    }
                     RouteResult::Failed(reason) => {
+                        METRICS.routed(&route.name, RouteOutcome::Error);
                         out.failures.push(format!("route {}: {reason}", route.name));
                         continue;
                     }
@@ -682,6 +797,7 @@ impl Version {
             } else {
                 msg
             };
+            METRICS.routed(&route.name, RouteOutcome::Sent);
             let payload = sent.encode();
             for &d in &route.destinations {
                 let key = self.dests[d]
@@ -933,6 +1049,21 @@ enum Answer {
 
 impl Handler for Intake {
     async fn handle(&self, frame: Bytes, peer: &PeerInfo) -> Option<Bytes> {
+        let started = Instant::now();
+        METRICS.received(&self.listener);
+        let reply = self.respond(frame, peer).await;
+        METRICS.acked(
+            &self.listener,
+            crate::metrics::ack_code(reply.as_deref()),
+            started.elapsed(),
+        );
+        reply
+    }
+}
+
+impl Intake {
+    /// The answer to one frame, as the listener's settings say.
+    async fn respond(&self, frame: Bytes, peer: &PeerInfo) -> Option<Bytes> {
         let started = Instant::now();
         let span = info_span!("message", listener = %self.listener, peer = %peer.peer);
         let set = self.settings.load_full();

@@ -252,7 +252,16 @@ pub fn run_route(
             outcome,
             reason,
         };
-        match s.step.run(&mut copy, &ctx) {
+        let started = std::time::Instant::now();
+        let ran = s.step.run(&mut copy, &ctx);
+        crate::metrics::METRICS.step(
+            route,
+            s.step.name(),
+            s.kind,
+            started.elapsed(),
+            ran.as_ref().err().map(|e| e.kind.word()),
+        );
+        match ran {
             Ok(Outcome::Keep) => {
                 let now = copy.encode();
                 if now == last {

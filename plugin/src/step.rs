@@ -47,6 +47,21 @@ pub enum StepErrorKind {
     BadOutput,
 }
 
+impl StepErrorKind {
+    /// One word for the kind, for metrics and logs: `failed`, `trap`, `timeout`, `memory`,
+    /// `script_limit`, `bad_output`.
+    pub fn word(&self) -> &'static str {
+        match self {
+            StepErrorKind::Failed => "failed",
+            StepErrorKind::Trap => "trap",
+            StepErrorKind::Timeout { .. } => "timeout",
+            StepErrorKind::MemoryLimit { .. } => "memory",
+            StepErrorKind::ScriptLimit { .. } => "script_limit",
+            StepErrorKind::BadOutput => "bad_output",
+        }
+    }
+}
+
 /// A step's failure: which step, what kind, and a message without patient data.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("step {step}: {message}")]

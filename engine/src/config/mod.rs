@@ -56,7 +56,7 @@ pub enum ConfigError {
 }
 
 /// The whole configuration file.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
     /// Engine-wide settings.
@@ -65,6 +65,9 @@ pub struct Config {
     /// The message store (journal and durable queues).
     #[serde(default)]
     pub store: StoreConfig,
+    /// The admin HTTP server (API, metrics, dashboard); absent = none.
+    #[serde(default)]
+    pub admin: Option<Spanned<AdminConfig>>,
     /// MLLP listeners the engine accepts messages on.
     #[serde(default, rename = "listener")]
     pub listeners: Vec<Spanned<ListenerConfig>>,
@@ -109,6 +112,62 @@ impl Default for EngineConfig {
             watch: true,
             reload_debounce: defaults::reload_debounce(),
         }
+    }
+}
+
+/// The admin HTTP server (`[admin]`): REST API, Prometheus metrics and the dashboard.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminConfig {
+    /// `IP:port` to serve on, e.g. `127.0.0.1:8575`.
+    pub bind: Spanned<String>,
+    /// The bearer token every endpoint but `/health` needs. Absent: read from the
+    /// `COURIER_ADMIN_TOKEN` environment variable when the engine starts.
+    #[serde(default)]
+    pub token: Option<Secret>,
+    /// Largest request body accepted, in bytes.
+    #[serde(default = "defaults::admin_max_body")]
+    pub max_body: usize,
+}
+
+/// The environment variable the admin token is read from when the config has none.
+pub const ADMIN_TOKEN_ENV: &str = "COURIER_ADMIN_TOKEN";
+
+/// Shortest admin token accepted: a guessable token on a port that can resend patient
+/// messages is a hole.
+pub const ADMIN_TOKEN_MIN_LEN: usize = 16;
+
+impl AdminConfig {
+    /// The token: from the config, else from the environment; an error says how to set one.
+    pub fn resolve_token(&self) -> Result<Secret, String> {
+        let token = match &self.token {
+            Some(t) => t.clone(),
+            None => match std::env::var(ADMIN_TOKEN_ENV) {
+                Ok(t) => Secret(t),
+                Err(_) => {
+                    return Err(format!(
+                        "[admin] needs a token: set {ADMIN_TOKEN_ENV} or admin.token"
+                    ));
+                }
+            },
+        };
+        if token.0.len() < ADMIN_TOKEN_MIN_LEN {
+            return Err(format!(
+                "the admin token must be at least {ADMIN_TOKEN_MIN_LEN} characters"
+            ));
+        }
+        Ok(token)
+    }
+}
+
+/// A value that must not appear in logs or debug output.
+#[derive(Clone, PartialEq, Eq, Deserialize)]
+#[serde(transparent)]
+pub struct Secret(pub String);
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("[secret]")
     }
 }
 
@@ -492,6 +551,9 @@ mod defaults {
     pub fn claim_batch() -> usize {
         32
     }
+    pub fn admin_max_body() -> usize {
+        64 * 1024
+    }
     pub fn step_deadline() -> Duration {
         Duration::from_millis(100)
     }
@@ -586,6 +648,31 @@ impl Validator<'_> {
     }
 
     fn validate(&self, c: &Config) -> Result<(), ConfigError> {
+        if let Some(a) = &c.admin {
+            let bind = &a.get_ref().bind;
+            if bind.get_ref().parse::<SocketAddr>().is_err() {
+                return Err(self.err(
+                    bind.span(),
+                    "admin.bind".into(),
+                    format!(
+                        "`{}` is not an IP address and port, e.g. 127.0.0.1:8575",
+                        bind.get_ref()
+                    ),
+                ));
+            }
+            if let Some(t) = &a.get_ref().token
+                && t.0.len() < ADMIN_TOKEN_MIN_LEN
+            {
+                return Err(self.err(
+                    a.span(),
+                    "admin.token".into(),
+                    format!("must be at least {ADMIN_TOKEN_MIN_LEN} characters"),
+                ));
+            }
+            if a.get_ref().max_body == 0 {
+                return Err(self.err(a.span(), "admin.max_body".into(), "must be greater than 0"));
+            }
+        }
         let mut listener_names = HashSet::new();
         for (i, l) in c.listeners.iter().enumerate() {
             let key = |k: &str| format!("listener[{i}].{k}");

@@ -24,7 +24,9 @@ use tracing::{Instrument, error, info, info_span, warn};
 
 use super::waiters::{Finished, Waiters};
 use super::{Attempt, backoff_after, client_for};
+use crate::admin::Paused;
 use crate::config::{DestinationConfig, OrderingConfig, RetryConfig};
+use crate::metrics::{DeliveryOutcome, METRICS};
 
 /// How often an idle worker looks at the store without being woken (and how soon it tries
 /// again to record outcomes the store refused).
@@ -65,6 +67,7 @@ pub fn spawn(
     waiters: Arc<Waiters>,
     tracker: &TaskTracker,
     stops: Stops,
+    paused: Arc<Paused>,
     after: Option<JoinHandle<()>>,
 ) -> (Wake, JoinHandle<()>) {
     let notify = Arc::new(Notify::new());
@@ -84,6 +87,7 @@ pub fn spawn(
         waiters,
         notify: notify.clone(),
         stops,
+        paused,
         unsettled: Vec::new(),
     };
     let span = info_span!("destination", destination = %cfg.name, address = %cfg.address.get_ref());
@@ -113,6 +117,8 @@ struct Worker {
     waiters: Arc<Waiters>,
     notify: Arc<Notify>,
     stops: Stops,
+    /// An operator paused this destination: claim nothing until resumed (woken).
+    paused: Arc<Paused>,
     /// Outcomes not yet recorded in the store, with what to tell a waiting listener once they
     /// are. They are written together with the next claim.
     unsettled: Vec<(Settlement, Option<Finished>)>,
@@ -127,7 +133,13 @@ impl Worker {
                 self.last_settle().await;
                 return;
             }
-            let wait_until = match self.settle_and_claim().await {
+            let claimed = if self.paused.is_paused(&self.name) {
+                self.settle_now().await;
+                Ok(Claim::Blocked)
+            } else {
+                self.settle_and_claim().await
+            };
+            let wait_until = match claimed {
                 Ok(Claim::Ready(batch)) => {
                     if !self.send_batch(batch).await {
                         self.last_settle().await;
@@ -303,6 +315,11 @@ impl Worker {
     fn judge(&self, d: &ClaimedDelivery, outcome: Attempt) -> (Settle, Option<Finished>) {
         match outcome {
             Attempt::Delivered(ack) => {
+                METRICS.delivery(
+                    &self.name,
+                    DeliveryOutcome::Delivered,
+                    SystemTime::now().duration_since(d.received_at).ok(),
+                );
                 info!(
                     route = %d.route,
                     control_id = %d.control_id,
@@ -317,6 +334,7 @@ impl Worker {
                 )
             }
             Attempt::Rejected { ack, reason } => {
+                METRICS.delivery(&self.name, DeliveryOutcome::DeadLetter, None);
                 error!(
                     route = %d.route,
                     control_id = %d.control_id,
@@ -335,6 +353,7 @@ impl Worker {
             }
             Attempt::Retry { reason } => {
                 if self.retry.max_attempts.is_some_and(|max| d.attempts >= max) {
+                    METRICS.delivery(&self.name, DeliveryOutcome::DeadLetter, None);
                     error!(
                         route = %d.route,
                         control_id = %d.control_id,
@@ -351,6 +370,7 @@ impl Worker {
                         Some(Finished::Failed(None)),
                     )
                 } else {
+                    METRICS.delivery(&self.name, DeliveryOutcome::Retried, None);
                     let wait = backoff_after(d.attempts, &self.retry);
                     warn!(
                         route = %d.route,

@@ -15,6 +15,7 @@ use tokio_util::task::TaskTracker;
 use tracing::{Instrument, error, info, info_span, warn};
 
 use super::{Attempt, client_for};
+use crate::metrics::{DeliveryOutcome, METRICS};
 
 use crate::config::{DestinationConfig, RetryConfig};
 
@@ -80,6 +81,7 @@ pub fn spawn(
     let name: Arc<str> = cfg.name.as_str().into();
     let (tx, rx) = mpsc::channel(cfg.queue_capacity);
     let worker = Worker {
+        name: name.clone(),
         client: client_for(cfg),
         ack_timeout: cfg.ack_timeout,
         release: cfg.mllp_release,
@@ -92,6 +94,7 @@ pub fn spawn(
 }
 
 struct Worker {
+    name: Arc<str>,
     client: MllpClient,
     ack_timeout: Duration,
     /// MLLP release: 2 waits for a commit acknowledgement instead of an HL7 ACK.
@@ -133,6 +136,11 @@ impl Worker {
             };
             match outcome {
                 Attempt::Delivered(_) => {
+                    METRICS.delivery(
+                        &self.name,
+                        DeliveryOutcome::Delivered,
+                        Some(d.received.elapsed()),
+                    );
                     info!(
                         route = %d.route,
                         control_id = %d.control_id,
@@ -144,6 +152,7 @@ impl Worker {
                     return true;
                 }
                 Attempt::Rejected { reason, .. } => {
+                    METRICS.delivery(&self.name, DeliveryOutcome::DeadLetter, None);
                     error!(
                         route = %d.route,
                         control_id = %d.control_id,
@@ -156,6 +165,7 @@ impl Worker {
                 }
                 Attempt::Retry { reason } => {
                     if self.retry.max_attempts.is_some_and(|max| attempt >= max) {
+                        METRICS.delivery(&self.name, DeliveryOutcome::DeadLetter, None);
                         error!(
                             route = %d.route,
                             control_id = %d.control_id,
@@ -166,6 +176,7 @@ impl Worker {
                         );
                         return true;
                     }
+                    METRICS.delivery(&self.name, DeliveryOutcome::Retried, None);
                     warn!(
                         route = %d.route,
                         control_id = %d.control_id,

@@ -22,6 +22,90 @@ pub fn example(name: &str) -> Vec<u8> {
 }
 
 /// A `courier` child process whose output lines are collected (and echoed for debugging).
+/// The admin token every engine a test starts gets from its environment.
+pub const ADMIN_TOKEN: &str = "test-admin-token-0123456789";
+
+/// One HTTP/1.1 request over a fresh connection (`Connection: close`); the status and body.
+/// Written here rather than with a client crate so a test can also send what no well-behaved
+/// client would (a body that never comes).
+pub fn http(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    body: &[u8],
+) -> (u16, String) {
+    let mut stream = TcpStream::connect(addr).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    let auth = token
+        .map(|t| format!("Authorization: Bearer {t}\r\n"))
+        .unwrap_or_default();
+    let head = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\n{auth}Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    );
+    stream.write_all(head.as_bytes()).unwrap();
+    stream.write_all(body).unwrap();
+    read_response(stream)
+}
+
+/// Reads one HTTP response: status and body (chunked bodies are joined). Reads as far as
+/// the response says (Content-Length, the last chunk, or the end of the connection), so a
+/// server that keeps the connection open does not stall the caller.
+pub fn read_response(mut stream: TcpStream) -> (u16, String) {
+    let mut raw = Vec::new();
+    let mut chunk = [0u8; 8192];
+    let complete = |raw: &[u8]| -> bool {
+        let Some(at) = raw.windows(4).position(|w| w == b"\r\n\r\n") else {
+            return false;
+        };
+        let head = String::from_utf8_lossy(&raw[..at]).to_ascii_lowercase();
+        let body = &raw[at + 4..];
+        if let Some(n) = head
+            .lines()
+            .find_map(|l| l.strip_prefix("content-length:"))
+            .and_then(|v| v.trim().parse::<usize>().ok())
+        {
+            return body.len() >= n;
+        }
+        head.contains("transfer-encoding: chunked") && body.ends_with(b"0\r\n\r\n")
+    };
+    while !complete(&raw) {
+        match stream.read(&mut chunk) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => raw.extend_from_slice(&chunk[..n]),
+        }
+    }
+    let text = String::from_utf8_lossy(&raw).into_owned();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("no HTTP status in {head:?}"));
+    let body = if head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked")
+    {
+        let mut out = String::new();
+        let mut rest = body;
+        while let Some((size, after)) = rest.split_once("\r\n") {
+            let n = usize::from_str_radix(size.trim(), 16).unwrap_or(0);
+            if n == 0 {
+                break;
+            }
+            out.push_str(&after[..n.min(after.len())]);
+            rest = after.get(n + 2..).unwrap_or("");
+        }
+        out
+    } else {
+        body.to_owned()
+    };
+    (status, body)
+}
+
 pub struct Proc {
     child: Child,
     pub stdout: Arc<Mutex<Vec<String>>>,
@@ -33,6 +117,7 @@ impl Proc {
     pub fn spawn(name: &str, args: &[&str]) -> Proc {
         let mut child = Command::new(env!("CARGO_BIN_EXE_courier"))
             .args(args)
+            .env("COURIER_ADMIN_TOKEN", ADMIN_TOKEN)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -318,6 +403,7 @@ pub fn clinic_config(dests: [SocketAddr; 4]) -> String {
     std::fs::read_to_string(examples.join("clinic.toml"))
         .unwrap()
         .replace("127.0.0.1:2575", "127.0.0.1:0")
+        .replace("127.0.0.1:8575", "127.0.0.1:0")
         .replace("127.0.0.1:2576", &dests[0].to_string())
         .replace("127.0.0.1:2577", &dests[1].to_string())
         .replace("127.0.0.1:2578", &dests[2].to_string())
