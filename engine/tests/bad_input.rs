@@ -110,6 +110,68 @@ fn bad_messages_are_refused_with_err_and_the_connection_keeps_serving() {
 }
 
 #[test]
+fn messages_over_the_segment_or_field_limit_are_refused_naming_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("emr");
+    std::fs::create_dir_all(&out).unwrap();
+    let (_emr, emr) = standin("emr", &out, 0, &[]);
+    let text = config(emr).replace(
+        "max_frame_size = 4096",
+        "max_frame_size = 4096\nmax_segments = 4\nmax_fields = 30",
+    );
+    let (_engine, addr) = start_engine(tmp.path(), &text, "in");
+    let mut c = Mllp::connect(addr);
+
+    // Two segments (MSH, PID) plus three: one over the limit of 4.
+    let mut many = adt("SEGS1");
+    many.extend_from_slice(b"OBX|1|ST|A||1\rOBX|2|ST|B||2\rNTE|1||note\r");
+    let ack = c.request(&many);
+    let shown = String::from_utf8_lossy(&ack).to_string();
+    assert_eq!(field(&ack, "MSA", 1), "AR", "{shown}");
+    assert_eq!(field(&ack, "MSA", 2), "SEGS1", "MSA-2 salvaged from MSH-10");
+    assert!(field(&ack, "ERR", 3).starts_with("207^"), "{shown}");
+    assert!(
+        field(&ack, "ERR", 8).contains("max_segments limit of 4"),
+        "{shown}"
+    );
+
+    // The same connection serves the next message, which is at the limit.
+    let mut at_limit = adt("GOOD1");
+    at_limit.extend_from_slice(b"OBX|1|ST|A||1\rOBX|2|ST|B||2\r");
+    let ack = c.request(&at_limit);
+    assert_eq!(field(&ack, "MSA", 1), "AA");
+    assert_eq!(field(&ack, "MSA", 2), "GOOD1");
+
+    // A segment with 31 fields (PID-1 .. PID-31): ERR-2 points at the first field over.
+    let mut wide = adt("WIDE1");
+    wide.extend_from_slice(b"ZPD");
+    for n in 1..=31 {
+        wide.extend_from_slice(format!("|{n}").as_bytes());
+    }
+    wide.push(b'\r');
+    let ack = c.request(&wide);
+    let shown = String::from_utf8_lossy(&ack).to_string();
+    assert_eq!(field(&ack, "MSA", 1), "AR", "{shown}");
+    assert_eq!(field(&ack, "MSA", 2), "WIDE1");
+    assert_eq!(field(&ack, "ERR", 2), "ZPD^1^31", "{shown}");
+    assert!(
+        field(&ack, "ERR", 8).contains("max_fields limit of 30"),
+        "{shown}"
+    );
+
+    let ack = c.request(&adt("GOOD2"));
+    assert_eq!(field(&ack, "MSA", 1), "AA");
+    assert_eq!(field(&ack, "MSA", 2), "GOOD2");
+
+    // Only the two good messages were forwarded.
+    let got = wait_files(&out, 2, Duration::from_secs(20));
+    assert_eq!(got.len(), 2);
+    assert!(got.contains(&at_limit) && got.contains(&adt("GOOD2")));
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(std::fs::read_dir(&out).unwrap().count(), 2);
+}
+
+#[test]
 fn enhanced_mode_gets_commit_acks() {
     let tmp = tempfile::tempdir().unwrap();
     let out = tmp.path().join("emr");

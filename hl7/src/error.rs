@@ -101,6 +101,33 @@ pub enum ParseError {
         /// 1-based field number holding it (HL7 numbering, so MSH fields count MSH-1).
         field: usize,
     },
+    /// The message has more segments than the `max_segments` limit allows.
+    #[error(
+        "more than {limit} segments (byte offset {offset} starts segment {}): over the \
+         max_segments limit of {limit}",
+        limit + 1
+    )]
+    TooManySegments {
+        /// The `max_segments` limit in force.
+        limit: usize,
+        /// Byte offset of the first segment over the limit.
+        offset: usize,
+    },
+    /// A segment has more fields than the `max_fields` limit allows.
+    #[error(
+        "segment {segment} ({segment_id}) has more than {limit} fields: over the max_fields \
+         limit of {limit}"
+    )]
+    TooManyFields {
+        /// The `max_fields` limit in force.
+        limit: usize,
+        /// 1-based position of the segment in the message.
+        segment: usize,
+        /// Its ID.
+        segment_id: String,
+        /// 1-based occurrence of that segment ID (ERR-2.2).
+        occurrence: usize,
+    },
     /// The message is larger than the 4 GiB the index can address.
     #[error("message of {len} bytes is larger than the 4 GiB limit")]
     TooLarge {
@@ -140,9 +167,21 @@ impl ParseError {
                 field: Some(*field),
                 component: None,
             }),
+            ParseError::TooManyFields {
+                segment_id,
+                occurrence,
+                limit,
+                ..
+            } => Some(ErrorLocation {
+                segment: segment_id.clone(),
+                sequence: *occurrence,
+                field: Some(limit.saturating_add(1)),
+                component: None,
+            }),
             ParseError::Empty
             | ParseError::MalformedSegmentId { .. }
             | ParseError::LineFeedInSegment { .. }
+            | ParseError::TooManySegments { .. }
             | ParseError::TooLarge { .. } => None,
         }
     }
@@ -160,7 +199,11 @@ impl ParseError {
                 ErrorCode::DataTypeError
             }
             ParseError::UnsupportedCharset { .. } => ErrorCode::TableValueNotFound,
-            ParseError::TooLarge { .. } => ErrorCode::ApplicationInternalError,
+            // Table 0357 has no code for a size limit; like the 4 GiB limit, these are
+            // limits of this application, not errors in the message's structure.
+            ParseError::TooLarge { .. }
+            | ParseError::TooManySegments { .. }
+            | ParseError::TooManyFields { .. } => ErrorCode::ApplicationInternalError,
         }
     }
 }

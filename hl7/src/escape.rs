@@ -79,7 +79,8 @@ pub(crate) fn decode_with<'a>(raw: &'a [u8], delims: &Delimiters, keep_hex: bool
 }
 
 /// Escapes `text` for ER7 with `delims`: separators become `\F\ \S\ \T\ \R\`, the truncation
-/// character `\P\`, `\n` becomes `\.br\` and `\r` becomes `\X0D\`; an escape character becomes
+/// character `\P\`, `\n` becomes `\.br\` (`\X0A\` when `.` is one of the delimiters, which
+/// cannot write `.br`) and `\r` becomes `\X0D\`; an escape character becomes
 /// `\E\` unless it opens a well-formed sequence [`decode`] keeps as written (formatting,
 /// character-set or unknown), which is copied through.
 ///
@@ -101,6 +102,8 @@ pub fn encode<'a>(text: &'a [u8], delims: &Delimiters) -> Cow<'a, [u8]> {
     let Some(first) = text.iter().position(|&b| needs(b)) else {
         return Cow::Borrowed(text);
     };
+    let dot_is_delimiter =
+        esc == b'.' || delims.is_separator(b'.') || delims.truncation == Some(b'.');
     let mut out = Vec::with_capacity(text.len() + 16);
     out.extend_from_slice(&text[..first]);
     let mut i = first;
@@ -125,6 +128,11 @@ pub fn encode<'a>(text: &'a [u8], delims: &Delimiters) -> Cow<'a, [u8]> {
             b"T"
         } else if Some(b) == delims.truncation {
             b"P"
+        } else if b == b'\n' && dot_is_delimiter {
+            // `\.br\` cannot be written when `.` is a delimiter: as the escape character,
+            // `..br.` reads back as the empty sequence `..` then text; as a separator or the
+            // truncation character it ends the sequence early. Write the byte in hex instead.
+            b"X0A"
         } else if b == b'\n' {
             b".br"
         } else if b == b'\r' {
@@ -217,6 +225,30 @@ mod tests {
     fn delimiter_escapes() {
         assert_eq!(dec(r"a\F\b\S\c\T\d\R\e\E\f"), r"a|b^c&d~e\f");
         assert_eq!(enc(r"a|b^c&d~e\f"), r"a\F\b\S\c\T\d\R\e\E\f");
+    }
+
+    #[test]
+    fn line_break_round_trips_when_dot_is_a_delimiter() {
+        // Found by the hl7_escape fuzz target: `.br` cannot be written with `.` as the escape
+        // character (`..br.` reads back as `..`, `br`, ...), so encode wrote text that did not
+        // decode to itself.
+        let dot = Delimiters::from_msh(b'|', b"^~.&").unwrap();
+        let escaped = encode(b"a\nb\rc", &dot);
+        assert_eq!(escaped.as_ref(), b"a.X0A.b.X0D.c");
+        assert_eq!(decode(&escaped, &dot).as_ref(), b"a\nb\rc");
+        // The input the fuzzer found, minimised: a line break between escape characters.
+        let text = b"..\n.";
+        assert_eq!(decode(&encode(text, &dot), &dot).as_ref(), text);
+        // Nor with `.` as a separator or the truncation character, which would end the
+        // sequence early (found by the fuzzer after the first fix).
+        for msh2 in [&b"^~\\&."[..], b".~\\&", b"^.\\&", b"^~\\."] {
+            let d = Delimiters::from_msh(b'|', msh2).unwrap();
+            let escaped = encode(b"a\nb", &d);
+            assert_eq!(escaped.as_ref(), br"a\X0A\b", "{msh2:?}");
+            assert_eq!(decode(&escaped, &d).as_ref(), b"a\nb");
+        }
+        // Other delimiter sets keep the standard `\.br\`.
+        assert_eq!(encode(b"a\nb", &d()).as_ref(), br"a\.br\b");
     }
 
     #[test]

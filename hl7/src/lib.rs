@@ -29,5 +29,8 @@ pub use delimiters::Delimiters;
 pub use error::{EditError, ErrorCode, ErrorLocation, ParseError};
 pub use escape::{decode, encode};
 pub use json::{JsonError, MAX_POSITION, from_json, from_json_with, to_json};
-pub use message::{Element, LineEndings, Message, MessageType, ParseOptions, SegmentRef};
+pub use message::{
+    DEFAULT_MAX_FIELDS, DEFAULT_MAX_SEGMENTS, Element, LineEndings, Message, MessageType,
+    ParseOptions, SegmentRef,
+};
 pub use path::{Path, PathError};

@@ -4,13 +4,14 @@
 //! - set then get returns the value, for any printable text (delimiters, escape characters,
 //!   line breaks), also after encoding and parsing again;
 //! - escape decode(encode(x)) == x for any bytes;
-//! - the JSON round trip gives the message in its documented normal form, and is idempotent.
+//! - the JSON round trip gives the message in its documented normal form, and is idempotent;
+//! - the segment and field limits accept a message exactly at them and refuse it one below.
 
 mod common;
 
 use bytes::Bytes;
 use common::{Escapes, Gen, config, message};
-use courier_hl7::{Message, Path, decode, encode, from_json, to_json};
+use courier_hl7::{Message, ParseError, ParseOptions, Path, decode, encode, from_json, to_json};
 use proptest::prelude::*;
 
 fn parse(g: &Gen) -> Message {
@@ -143,5 +144,30 @@ proptest! {
         let normal = Message::parse(Bytes::from(json_normal_form(&g))).unwrap();
         let again = from_json(&to_json(&normal)).unwrap();
         prop_assert_eq!(again.encode(), normal.encode());
+    }
+
+    #[test]
+    fn limits_accept_a_message_at_them_and_refuse_it_below(g in message(Escapes::Any, true)) {
+        let text = Bytes::from(g.render());
+        let m = parse(&g);
+        let segments = m.segment_count();
+        let fields = m.segments().map(|s| s.field_count()).max().unwrap();
+        let at = ParseOptions { max_segments: segments, max_fields: fields, ..ParseOptions::default() };
+        let again = Message::parse_with(text.clone(), &at).unwrap();
+        prop_assert_eq!(again.encode(), text.clone());
+
+        let fewer_segments = ParseOptions { max_segments: segments - 1, ..at };
+        let e = Message::parse_with(text.clone(), &fewer_segments).unwrap_err();
+        prop_assert!(matches!(e, ParseError::TooManySegments { limit, .. } if limit == segments - 1), "{}", e);
+
+        let fewer_fields = ParseOptions { max_fields: fields - 1, ..at };
+        let e = Message::parse_with(text.clone(), &fewer_fields).unwrap_err();
+        let first_over = m.segments().find(|s| s.field_count() == fields).unwrap();
+        let is_first_over = matches!(
+            &e,
+            ParseError::TooManyFields { limit, segment, segment_id, .. }
+                if *limit == fields - 1 && *segment == first_over.index() + 1 && segment_id == first_over.id()
+        );
+        prop_assert!(is_first_over, "{}", e);
     }
 }

@@ -665,7 +665,7 @@ mod tests {
         #![proptest_config(ProptestConfig::with_cases(512))]
 
         /// However a byte stream is split into reads, the codec yields the same frames,
-        /// the same error and the same counts.
+        /// the same error and the same counts; no frame is over the limit.
         #[test]
         fn same_frames_however_the_stream_is_split(
             stream in stream_strategy(),
@@ -673,6 +673,7 @@ mod tests {
             max in prop_oneof![Just(3usize), Just(8), Just(1024)],
         ) {
             let expected = whole(max, &stream);
+            prop_assert!(expected.frames.iter().all(|f| f.len() <= max), "a frame over {}", max);
             let chunks = split_by(&stream, &cuts);
             prop_assert_eq!(run(max, &chunks), expected);
         }

@@ -514,9 +514,11 @@ pub mod __private {
     }
 
     fn parse(bytes: Vec<u8>, default_charset: &str) -> Result<Message, String> {
+        // The host read this message under its listener's segment and field limits, which
+        // may be above the defaults: the guest must not refuse what the host accepted.
         let opts = ParseOptions {
             default_charset: Charset::from_hl7(default_charset).unwrap_or_default(),
-            ..ParseOptions::lenient()
+            ..ParseOptions::lenient().unlimited()
         };
         Message::parse_with(bytes, &opts)
             .map_err(|e| format!("the plugin could not read the message: {e}"))

@@ -40,13 +40,42 @@ pub enum LineEndings {
     Lenient,
 }
 
+/// Default [`ParseOptions::max_segments`]: 10,000 segments. A large ORU (a full chemistry
+/// panel with notes, or a report sent line by line as OBX/NTE) runs to a few hundred
+/// segments; ten thousand leaves a wide margin while bounding the work every later step does
+/// per segment (routing conditions, `OBX[n]` lookups, plugins walking the message).
+pub const DEFAULT_MAX_SEGMENTS: usize = 10_000;
+
+/// Default [`ParseOptions::max_fields`]: 1,000 fields in one segment. The longest standard
+/// segments have a few dozen fields (MSH 25, PV1 52, IN1 55 in v2.8); a thousand leaves room
+/// for any site-defined Z-segment, while a segment that is nothing but field separators
+/// (which would otherwise cost an index entry per byte) is refused early.
+pub const DEFAULT_MAX_FIELDS: usize = 1_000;
+
 /// How to read a message.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct ParseOptions {
     /// Which bytes end a segment. Default: [`LineEndings::Strict`].
     pub line_endings: LineEndings,
     /// The character set of a message whose MSH-18 is empty. Default: [`Charset::Utf8`].
     pub default_charset: Charset,
+    /// Most segments a message may have (empty lines are not segments); one more is
+    /// [`ParseError::TooManySegments`]. Default: [`DEFAULT_MAX_SEGMENTS`].
+    pub max_segments: usize,
+    /// Most fields one segment may have, as [`SegmentRef::field_count`] counts them (MSH-1
+    /// included); one more is [`ParseError::TooManyFields`]. Default: [`DEFAULT_MAX_FIELDS`].
+    pub max_fields: usize,
+}
+
+impl Default for ParseOptions {
+    fn default() -> Self {
+        ParseOptions {
+            line_endings: LineEndings::default(),
+            default_charset: Charset::default(),
+            max_segments: DEFAULT_MAX_SEGMENTS,
+            max_fields: DEFAULT_MAX_FIELDS,
+        }
+    }
 }
 
 impl ParseOptions {
@@ -55,6 +84,16 @@ impl ParseOptions {
         ParseOptions {
             line_endings: LineEndings::Lenient,
             ..ParseOptions::default()
+        }
+    }
+
+    /// These options without the segment and field limits, for reading a message that was
+    /// already accepted under limits set elsewhere.
+    pub fn unlimited(self) -> ParseOptions {
+        ParseOptions {
+            max_segments: usize::MAX,
+            max_fields: usize::MAX,
+            ..self
         }
     }
 }
@@ -159,6 +198,10 @@ impl Message {
     /// tolerated: they hold no data, are not counted as segments, and are kept verbatim with the
     /// preceding segment's terminator so that the message still encodes byte for byte. A
     /// second MSH is an error: two messages run together must be split first.
+    ///
+    /// More than `opts.max_segments` segments, or a segment with more than `opts.max_fields`
+    /// fields, is an error naming the limit; it is raised as soon as the limit is passed, so
+    /// the index of an over-limit message is never built in full.
     pub fn parse_with(bytes: impl Into<Bytes>, opts: &ParseOptions) -> Result<Message, ParseError> {
         let source: Bytes = bytes.into();
         let buf: &[u8] = &source;
@@ -199,7 +242,7 @@ impl Message {
         }
         let delims = Delimiters::from_msh(fs, &msh2[..msh2_len])?;
 
-        let (segs, seps) = index(buf, fs, opts.line_endings)?;
+        let (segs, seps) = index(buf, fs, opts)?;
         let (msh, msh_seps) = segs
             .first()
             .and_then(|s| source_parts(buf, &seps, s))
@@ -521,12 +564,8 @@ fn encoding_error(
 }
 
 /// The single indexing pass: segment boundaries, terminators and field separators.
-fn index(
-    buf: &[u8],
-    fs: u8,
-    line_endings: LineEndings,
-) -> Result<(Vec<Seg>, Vec<u32>), ParseError> {
-    let lenient = line_endings == LineEndings::Lenient;
+fn index(buf: &[u8], fs: u8, opts: &ParseOptions) -> Result<(Vec<Seg>, Vec<u32>), ParseError> {
+    let lenient = opts.line_endings == LineEndings::Lenient;
     let len = buf.len();
     // Capacity guesses sized for typical segments (~100 bytes) and fields (~7 bytes), so a
     // message costs two allocations; a longer one just grows the vectors.
@@ -535,6 +574,12 @@ fn index(
     let mut pos = 0usize;
     loop {
         let number = segs.len() + 1;
+        if number > opts.max_segments {
+            return Err(ParseError::TooManySegments {
+                limit: opts.max_segments,
+                offset: pos,
+            });
+        }
         check_segment_id(buf, pos, fs, number)?;
         if pos != 0 && buf.get(pos..pos + 3) == Some(b"MSH") {
             return Err(ParseError::UnexpectedMsh {
@@ -543,6 +588,13 @@ fn index(
             });
         }
         let seps_start = seps.len();
+        // Fields as `SegmentRef::field_count` counts them: MSH-1 is a field but no separator
+        // follows it, so MSH has one field more than separators.
+        let max_seps = if pos == 0 {
+            opts.max_fields.saturating_sub(1)
+        } else {
+            opts.max_fields
+        };
         let mut i = pos + 3;
         let end = loop {
             let rest = buf.get(i..).unwrap_or_default();
@@ -550,6 +602,9 @@ fn index(
                 Some(k) => {
                     let j = i + k;
                     if rest[k] == fs {
+                        if seps.len() - seps_start >= max_seps {
+                            return Err(too_many_fields(buf, &segs, pos, number, opts.max_fields));
+                        }
                         // `len` fits in u32 (checked by the caller), so every offset does.
                         seps.push((j - pos) as u32);
                         i = j + 1;
@@ -590,6 +645,31 @@ fn index(
             return Ok((segs, seps));
         }
         pos = t;
+    }
+}
+
+/// The error for segment `number` (at `pos`, its ID already checked) having more than
+/// `limit` fields; `segs` are the segments before it.
+fn too_many_fields(
+    buf: &[u8],
+    segs: &[Seg],
+    pos: usize,
+    number: usize,
+    limit: usize,
+) -> ParseError {
+    let id = buf.get(pos..pos + 3).unwrap_or_default();
+    let occurrence = 1 + segs
+        .iter()
+        .filter(|s| match s.body {
+            Body::Source { start, .. } => buf.get(start as usize..start as usize + 3) == Some(id),
+            Body::Owned(_) => false,
+        })
+        .count();
+    ParseError::TooManyFields {
+        limit,
+        segment: number,
+        segment_id: printable(id),
+        occurrence,
     }
 }
 

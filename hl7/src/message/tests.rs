@@ -956,6 +956,129 @@ fn charset_names_and_defaults() {
 
 // ----- robustness -----
 
+fn limited(max_segments: usize, max_fields: usize) -> ParseOptions {
+    ParseOptions {
+        max_segments,
+        max_fields,
+        ..ParseOptions::default()
+    }
+}
+
+#[test]
+fn segment_limit_counts_segments_not_empty_lines() {
+    let text = format!("{MSH}\rPID|1\r\rOBX|1\rOBX|2\r\r");
+    let m = Message::parse_with(text.clone().into_bytes(), &limited(4, 100)).unwrap();
+    assert_eq!(m.segment_count(), 4);
+    assert_eq!(m.encode(), text.as_bytes());
+    let e = Message::parse_with(text.into_bytes(), &limited(3, 100)).unwrap_err();
+    let offset = MSH.len() + "\rPID|1\r\rOBX|1\r".len();
+    assert_eq!(e, ParseError::TooManySegments { limit: 3, offset });
+    let s = e.to_string();
+    assert!(s.contains("max_segments limit of 3"), "{s}");
+    assert!(s.contains("segment 4"), "{s}");
+    assert_eq!(e.error_code(), ErrorCode::ApplicationInternalError);
+    assert_eq!(e.location(), None);
+}
+
+#[test]
+fn field_limit_counts_fields_as_field_count_does() {
+    // MSH as written has 12 fields (MSH-1 counts); PID|1|2|3 has 3; the second OBX has 4.
+    let text = format!("{MSH}\rPID|1|2|3\rOBX|1\rOBX|1|2|3|4\r");
+    let m = Message::parse_with(text.clone().into_bytes(), &limited(100, 12)).unwrap();
+    assert_eq!(m.segment_at(0).unwrap().field_count(), 12);
+    assert_eq!(m.segment("OBX", 2).unwrap().field_count(), 4);
+
+    let e = Message::parse_with(text.clone().into_bytes(), &limited(100, 11)).unwrap_err();
+    assert_eq!(
+        e,
+        ParseError::TooManyFields {
+            limit: 11,
+            segment: 1,
+            segment_id: "MSH".into(),
+            occurrence: 1
+        }
+    );
+    // MSH-13 present: 13 fields.
+    let m =
+        Message::parse_with(format!("{MSH}|X\rOBX|1\r").into_bytes(), &limited(100, 13)).unwrap();
+    assert_eq!(m.segment_count(), 2);
+
+    // The second OBX has 11 fields; MSH (without MSH-11/12) has 10.
+    let short = MSH.replace("|P|2.5.1", "");
+    let text = format!("{short}\rOBX|1|2|3\rPID|1\rOBX|1|2|3|4|5|6|7|8|9|10|11\r");
+    let e = Message::parse_with(text.clone().into_bytes(), &limited(100, 10)).unwrap_err();
+    assert_eq!(
+        e,
+        ParseError::TooManyFields {
+            limit: 10,
+            segment: 4,
+            segment_id: "OBX".into(),
+            occurrence: 2
+        }
+    );
+    assert!(Message::parse_with(text.into_bytes(), &limited(100, 11)).is_ok());
+    let s = e.to_string();
+    assert!(
+        s.contains("max_fields limit of 10") && s.contains("OBX"),
+        "{s}"
+    );
+    assert_eq!(e.error_code(), ErrorCode::ApplicationInternalError);
+    assert_eq!(
+        e.location(),
+        Some(crate::error::ErrorLocation {
+            segment: "OBX".into(),
+            sequence: 2,
+            field: Some(11),
+            component: None
+        })
+    );
+}
+
+#[test]
+fn field_limit_is_raised_before_a_huge_segment_is_indexed() {
+    // A segment of nothing but separators would cost an index entry per byte.
+    let mut text = format!("{MSH}\rZZZ").into_bytes();
+    text.resize(text.len() + 1_000_000, b'|');
+    let e = Message::parse_with(text, &ParseOptions::default()).unwrap_err();
+    assert!(
+        matches!(
+            e,
+            ParseError::TooManyFields {
+                limit: DEFAULT_MAX_FIELDS,
+                segment: 2,
+                ..
+            }
+        ),
+        "{e}"
+    );
+    let mut text = MSH.as_bytes().to_vec();
+    for _ in 0..DEFAULT_MAX_SEGMENTS {
+        text.extend_from_slice(b"\rNTE|1");
+    }
+    assert!(matches!(
+        Message::parse(text).unwrap_err(),
+        ParseError::TooManySegments {
+            limit: DEFAULT_MAX_SEGMENTS,
+            ..
+        }
+    ));
+}
+
+#[test]
+fn unlimited_lifts_only_the_limits() {
+    let opts = ParseOptions::lenient().unlimited();
+    assert_eq!(opts.line_endings, LineEndings::Lenient);
+    assert_eq!(
+        (opts.max_segments, opts.max_fields),
+        (usize::MAX, usize::MAX)
+    );
+    let d = ParseOptions::default();
+    assert_eq!(
+        (d.max_segments, d.max_fields),
+        (DEFAULT_MAX_SEGMENTS, DEFAULT_MAX_FIELDS)
+    );
+}
+
 mod properties {
     use super::*;
     use proptest::prelude::*;
