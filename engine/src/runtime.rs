@@ -496,7 +496,13 @@ impl ListenerRun {
             }
         };
         let local = socket.local_addr()?;
-        info!(listener = %l.name, addr = %local, "listening");
+        info!(
+            listener = %l.name,
+            addr = %local,
+            tls = l.tls.is_some(),
+            mutual_tls = l.tls.as_ref().is_some_and(|t| t.get_ref().client_ca.is_some()),
+            "listening"
+        );
         let intake = Arc::new(Intake {
             listener: l.name.as_str().into(),
             settings: ArcSwap::from_pointee(IntakeSettings::of(l)),
@@ -507,8 +513,17 @@ impl ListenerRun {
         let settings = ListenerSettings {
             name: l.name.clone(),
             max_connections: l.max_connections,
+            max_connections_per_ip: l.max_connections_per_ip,
             idle_timeout: l.idle_timeout,
             max_frame_size: l.max_frame_size,
+            allow: l.allow_parsed.clone(),
+            tls: l.tls_loaded.clone(),
+            handshake_timeout: l
+                .tls
+                .as_ref()
+                .map_or(courier_mllp::listener::DEFAULT_HANDSHAKE_TIMEOUT, |t| {
+                    t.get_ref().handshake_timeout
+                }),
         };
         let stop = tasks.shutdown.child_token();
         let token = stop.clone();
@@ -528,12 +543,19 @@ impl ListenerRun {
     }
 
     /// Does a change from `self` to `new` need a new socket (rather than new settings)?
+    /// Transport settings — limits, allow-list, TLS files — are the listener's own, so a
+    /// change to any of them binds it again (its open connections finish their messages on
+    /// the old settings). A certificate whose file changes under the same path needs no
+    /// rebind: new handshakes pick it up by themselves.
     fn needs_rebind(&self, new: &ListenerConfig) -> bool {
         let old = &self.config;
         old.bind != new.bind
             || old.max_connections != new.max_connections
+            || old.max_connections_per_ip != new.max_connections_per_ip
             || old.idle_timeout != new.idle_timeout
             || old.max_frame_size != new.max_frame_size
+            || old.allow_parsed != new.allow_parsed
+            || old.tls != new.tls
     }
 }
 
@@ -926,6 +948,9 @@ impl Pipeline {
             "processing messages journaled before the last stop"
         );
         for m in pending {
+            // Without the segment and field limits: the message was journaled, so it was
+            // accepted under the limits of its time, and lowering them since must not turn an
+            // accepted message into an error.
             let options = config
                 .listeners
                 .iter()
@@ -934,7 +959,8 @@ impl Pipeline {
                 .unwrap_or(ParseOptions {
                     line_endings: LineEndings::Lenient,
                     ..ParseOptions::default()
-                });
+                })
+                .unlimited();
             let processing = match Message::parse_with(m.message.raw.clone(), &options) {
                 Ok(msg) => {
                     let env = Envelope::of(&msg);

@@ -14,10 +14,18 @@ use std::time::Duration;
 use bytes::Bytes;
 use futures::{FutureExt, SinkExt, StreamExt};
 use tokio::net::TcpStream;
+use tokio_rustls::TlsConnector;
+use tokio_rustls::client::TlsStream;
 use tokio_util::codec::Framed;
+use tokio_util::either::Either;
 use tracing::{debug, warn};
 
 use crate::codec::{CodecError, DEFAULT_MAX_FRAME_SIZE, MllpCodec};
+use crate::tls::ClientTls;
+
+/// A connection: plain TCP or TLS over it.
+type Stream = Either<TcpStream, Box<TlsStream<TcpStream>>>;
+type Connection = Framed<Stream, MllpCodec>;
 
 /// Default for [`ClientSettings::connect_timeout`]: 5 seconds.
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -36,6 +44,10 @@ pub struct ClientSettings {
     pub write_timeout: Duration,
     /// Largest payload sent or accepted in one frame, in bytes.
     pub max_frame_size: usize,
+    /// Speak TLS: the server's certificate is checked against this CA bundle and name, and
+    /// a client certificate is offered if one is configured. The handshake counts towards
+    /// `connect_timeout`.
+    pub tls: Option<ClientTls>,
 }
 
 impl Default for ClientSettings {
@@ -44,6 +56,7 @@ impl Default for ClientSettings {
             connect_timeout: DEFAULT_CONNECT_TIMEOUT,
             write_timeout: DEFAULT_WRITE_TIMEOUT,
             max_frame_size: DEFAULT_MAX_FRAME_SIZE,
+            tls: None,
         }
     }
 }
@@ -68,6 +81,16 @@ pub enum ClientError {
         addr: String,
         /// The `connect_timeout` limit in force.
         after: Duration,
+    },
+    /// The TLS handshake failed (the server's certificate is not trusted or not for this
+    /// name, our client certificate was refused, no common protocol).
+    #[error("TLS handshake with {addr} failed")]
+    Tls {
+        /// The peer address as configured.
+        addr: String,
+        /// What rustls said.
+        #[source]
+        source: io::Error,
     },
     /// The frame was not written within the write timeout.
     #[error("frame to {addr} not written within the write_timeout limit of {after:?}")]
@@ -129,7 +152,7 @@ impl ClientError {
 pub struct MllpClient {
     addr: String,
     settings: ClientSettings,
-    connection: Option<Framed<TcpStream, MllpCodec>>,
+    connection: Option<Connection>,
 }
 
 impl std::fmt::Debug for MllpClient {
@@ -311,39 +334,60 @@ impl MllpClient {
     }
 }
 
-/// The kept connection, or a new one (bounded by the connect timeout) kept from now on.
+/// The kept connection, or a new one (TCP connect and any TLS handshake bounded together by
+/// the connect timeout) kept from now on.
 async fn connect<'a>(
-    connection: &'a mut Option<Framed<TcpStream, MllpCodec>>,
+    connection: &'a mut Option<Connection>,
     addr: &str,
     settings: &ClientSettings,
-) -> Result<&'a mut Framed<TcpStream, MllpCodec>, ClientError> {
+) -> Result<&'a mut Connection, ClientError> {
     match connection {
         Some(framed) => Ok(framed),
         None => {
             let after = settings.connect_timeout;
-            let stream = match tokio::time::timeout(after, TcpStream::connect(addr)).await {
+            let stream = match tokio::time::timeout(after, open(addr, settings)).await {
                 Err(_elapsed) => {
                     return Err(ClientError::ConnectTimeout {
                         addr: addr.to_owned(),
                         after,
                     });
                 }
-                Ok(Err(source)) => {
-                    return Err(ClientError::Connect {
-                        addr: addr.to_owned(),
-                        source,
-                    });
-                }
-                Ok(Ok(stream)) => stream,
+                Ok(result) => result?,
             };
-            // A request waits on its reply: don't let Nagle hold the frame back.
-            if let Err(error) = stream.set_nodelay(true) {
-                debug!(addr, error = %error, "could not set TCP_NODELAY");
-            }
-            debug!(addr, peer = ?stream.peer_addr().ok(), "connected");
             Ok(connection.insert(Framed::new(stream, MllpCodec::new(settings.max_frame_size))))
         }
     }
+}
+
+/// Connects, then (with TLS) runs the handshake.
+async fn open(addr: &str, settings: &ClientSettings) -> Result<Stream, ClientError> {
+    let stream = TcpStream::connect(addr)
+        .await
+        .map_err(|source| ClientError::Connect {
+            addr: addr.to_owned(),
+            source,
+        })?;
+    // A request waits on its reply: don't let Nagle hold the frame back.
+    if let Err(error) = stream.set_nodelay(true) {
+        debug!(addr, error = %error, "could not set TCP_NODELAY");
+    }
+    debug!(addr, peer = ?stream.peer_addr().ok(), "connected");
+    let Some(tls) = &settings.tls else {
+        return Ok(Either::Left(stream));
+    };
+    let tls_error = |source| ClientError::Tls {
+        addr: addr.to_owned(),
+        source,
+    };
+    let name = tls
+        .server_name_for(addr)
+        .map_err(|e| tls_error(io::Error::new(io::ErrorKind::InvalidInput, e)))?;
+    let stream = TlsConnector::from(tls.config())
+        .connect(name, stream)
+        .await
+        .map_err(tls_error)?;
+    debug!(addr, protocol = ?stream.get_ref().1.protocol_version(), "TLS handshake done");
+    Ok(Either::Right(Box::new(stream)))
 }
 
 /// A failed write, before the client's address is attached.
@@ -364,11 +408,7 @@ impl WriteError {
     }
 }
 
-async fn write(
-    framed: &mut Framed<TcpStream, MllpCodec>,
-    payload: &[u8],
-    limit: Duration,
-) -> Result<(), WriteError> {
+async fn write(framed: &mut Connection, payload: &[u8], limit: Duration) -> Result<(), WriteError> {
     match tokio::time::timeout(limit, framed.send(payload)).await {
         Err(_elapsed) => Err(WriteError::Timeout(limit)),
         Ok(result) => result.map_err(WriteError::Codec),

@@ -8,14 +8,19 @@
 //!
 //! * [`codec`] — [`MllpCodec`], a `tokio_util` codec: split reads, many frames per read,
 //!   garbage between frames, missing `<CR>`, resynchronisation and the frame size limit.
-//! * [`listener`] — [`serve`] accepts connections under a connection limit and serves each
-//!   with [`serve_connection`]: one frame at a time, handler, reply, next frame; idle
-//!   timeout; graceful shutdown through a `CancellationToken`.
-//! * [`client`] — [`MllpClient`]: lazy connect, one request and its reply at a time, the
+//! * [`listener`] — [`serve`] accepts connections (source allow-list, per-address and total
+//!   connection limits with eviction of the connection longest without a complete frame,
+//!   optional TLS handshake) and serves each with [`serve_connection`]: one frame at a time,
+//!   handler, reply, next frame; idle timeout; graceful shutdown through a
+//!   `CancellationToken`.
+//! * [`tls`] — rustls (ring, TLS 1.2 and 1.3) server and client material from PEM files,
+//!   optionally mutual, reloaded for new handshakes when the files change.
+//! * [`client`] — [`MllpClient`]: lazy connect (over TLS when configured), one request and its reply at a time, the
 //!   connection dropped on any error. Retry and backoff are the caller's.
 //!
 //! Every resource has a named limit — [`ListenerSettings::max_connections`],
-//! [`ListenerSettings::idle_timeout`], `max_frame_size`, [`ClientSettings::connect_timeout`],
+//! [`ListenerSettings::max_connections_per_ip`], [`ListenerSettings::idle_timeout`],
+//! [`ListenerSettings::handshake_timeout`], `max_frame_size`, [`ClientSettings::connect_timeout`],
 //! [`ClientSettings::write_timeout`], the reply timeout — and the error or log line that
 //! reports hitting one names it and its value.
 //!
@@ -45,10 +50,15 @@
 pub mod client;
 pub mod codec;
 pub mod listener;
+pub mod tls;
 
 pub use client::{ClientError, ClientSettings, MllpClient};
 pub use codec::{CodecError, DEFAULT_MAX_FRAME_SIZE, MllpCodec};
-pub use listener::{ConnectionError, Handler, ListenerSettings, PeerInfo, serve, serve_connection};
+pub use listener::{
+    ConnectionError, Handler, IpNet, ListenerSettings, PeerInfo, parse_allow, serve,
+    serve_connection,
+};
+pub use tls::{ClientTls, ClientTlsFiles, ServerTls, ServerTlsFiles, TlsError};
 
 /// MLLP release 2 commit acknowledgement: the payload of the block a receiver sends once it
 /// has durably committed a message (`<VT><ACK><FS><CR>`).

@@ -82,7 +82,7 @@ async fn bad_framing_on_the_wire_is_skipped_and_resynchronised() {
 }
 
 #[tokio::test]
-async fn connection_over_the_limit_is_closed_and_the_others_keep_working() {
+async fn when_full_a_new_connection_evicts_the_one_longest_without_a_frame() {
     let server = Server::start(ListenerSettings {
         max_connections: 2,
         ..settings()
@@ -90,33 +90,48 @@ async fn connection_over_the_limit_is_closed_and_the_others_keep_working() {
     .await;
     let mut first = connect(server.addr).await;
     let mut second = connect(server.addr).await;
-    // A reply proves each holds a slot.
+    // A reply proves each holds a slot; `second` has the more recent frame.
     assert_eq!(round_trip(&mut first, "a").await, "a");
     assert_eq!(round_trip(&mut second, "b").await, "b");
 
-    let mut third = bounded("connect", TcpStream::connect(server.addr))
-        .await
-        .unwrap();
-    expect_closed(&mut third).await;
-
-    assert_eq!(round_trip(&mut first, "c").await, "c");
+    // The listener is full: the newcomer takes the place of `first`, idle longest.
+    let mut third = connect(server.addr).await;
+    assert_eq!(round_trip(&mut third, "c").await, "c");
+    expect_closed(first.get_mut()).await;
     assert_eq!(round_trip(&mut second, "d").await, "d");
+    assert_eq!(round_trip(&mut third, "e").await, "e");
+    server.stop().await;
+}
 
-    // Closing one frees its slot for a newcomer.
-    drop(first);
-    bounded("a freed slot to be reused", async {
-        loop {
-            let mut conn = connect(server.addr).await;
-            if conn.send(&b"e"[..]).await.is_ok()
-                && let Some(Ok(reply)) = conn.next().await
-            {
-                assert_eq!(&reply[..], b"e");
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+#[tokio::test]
+async fn a_connection_handling_a_message_is_never_evicted() {
+    let server = Server::start(ListenerSettings {
+        max_connections: 1,
+        ..settings()
     })
     .await;
+    let mut busy = connect(server.addr).await;
+    bounded("send", busy.send(&b"sleep 600 done"[..]))
+        .await
+        .unwrap();
+    bounded(
+        "the slow frame to start",
+        server.handler.slow_started.notified(),
+    )
+    .await;
+
+    // Full, and the only connection is busy: the newcomer is the one closed.
+    let mut refused = bounded("connect", TcpStream::connect(server.addr))
+        .await
+        .unwrap();
+    expect_closed(&mut refused).await;
+    let reply = bounded("reply", busy.next()).await.unwrap().unwrap();
+    assert_eq!(&reply[..], b"done");
+
+    // Once idle, it is the one that makes room.
+    let mut newcomer = connect(server.addr).await;
+    assert_eq!(round_trip(&mut newcomer, "x").await, "x");
+    expect_closed(busy.get_mut()).await;
     server.stop().await;
 }
 

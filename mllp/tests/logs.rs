@@ -3,91 +3,18 @@
 
 mod common;
 
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 use std::time::Duration;
 
+use common::capture::{Line, capture, find};
 use common::{Server, bounded, connect, expect_closed, round_trip, settings};
 use courier_mllp::ListenerSettings;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
-use tracing::field::{Field, Visit};
-use tracing::span::{Attributes, Id, Record};
-use tracing::{Event, Level, Metadata, Subscriber};
+use tracing::Level;
 
 /// Marks payload bytes: it must never reach a log line.
 const PHI: &str = "SMITH^JOHN";
-
-#[derive(Debug, Clone)]
-struct Line {
-    level: Level,
-    text: String,
-}
-
-/// Records every event and span as `name=value` text.
-#[derive(Default)]
-struct Capture {
-    lines: Arc<Mutex<Vec<Line>>>,
-    next_span: std::sync::atomic::AtomicU64,
-}
-
-struct Fields(String);
-
-impl Visit for Fields {
-    fn record_debug(&mut self, field: &Field, value: &dyn std::fmt::Debug) {
-        self.0.push_str(&format!(" {}={:?}", field.name(), value));
-    }
-}
-
-impl Capture {
-    fn push(&self, level: Level, text: String) {
-        self.lines.lock().unwrap().push(Line { level, text });
-    }
-}
-
-impl Subscriber for Capture {
-    fn enabled(&self, _: &Metadata<'_>) -> bool {
-        true
-    }
-    fn new_span(&self, attrs: &Attributes<'_>) -> Id {
-        let mut fields = Fields(format!("span {}", attrs.metadata().name()));
-        attrs.record(&mut fields);
-        self.push(*attrs.metadata().level(), fields.0);
-        Id::from_u64(
-            1 + self
-                .next_span
-                .fetch_add(1, std::sync::atomic::Ordering::SeqCst),
-        )
-    }
-    fn record(&self, _: &Id, values: &Record<'_>) {
-        let mut fields = Fields("record".to_owned());
-        values.record(&mut fields);
-        self.push(Level::TRACE, fields.0);
-    }
-    fn record_follows_from(&self, _: &Id, _: &Id) {}
-    fn event(&self, event: &Event<'_>) {
-        let mut fields = Fields(String::new());
-        event.record(&mut fields);
-        self.push(*event.metadata().level(), fields.0);
-    }
-    fn enter(&self, _: &Id) {}
-    fn exit(&self, _: &Id) {}
-}
-
-/// Captures everything logged on this thread (tests run on a current-thread runtime, so
-/// that includes the server's tasks) until the guard drops.
-fn capture() -> (Arc<Mutex<Vec<Line>>>, tracing::subscriber::DefaultGuard) {
-    let capture = Capture::default();
-    let lines = Arc::clone(&capture.lines);
-    (lines, tracing::subscriber::set_default(capture))
-}
-
-fn find(lines: &Mutex<Vec<Line>>, level: Level, needles: &[&str]) -> bool {
-    lines
-        .lock()
-        .unwrap()
-        .iter()
-        .any(|l| l.level == level && needles.iter().all(|n| l.text.contains(n)))
-}
 
 fn assert_no_payload(lines: &Mutex<Vec<Line>>) {
     let lines = lines.lock().unwrap();
@@ -126,17 +53,17 @@ async fn limits_are_named_with_their_values() {
     bounded("write", big.write_all(&wire)).await.unwrap();
     expect_closed(&mut big).await;
 
-    // max_connections: one held (a reply proves it), the next refused.
+    // max_connections: one held (a reply proves it); the next evicts it.
     let mut held = connect(server.addr).await;
     let msg = format!("PID|1||{PHI}");
     assert_eq!(round_trip(&mut held, &msg).await, msg);
-    let mut refused = bounded("connect", TcpStream::connect(server.addr))
+    let mut newcomer = bounded("connect", TcpStream::connect(server.addr))
         .await
         .unwrap();
-    expect_closed(&mut refused).await;
-
-    // idle_timeout: the held connection goes quiet.
     expect_closed(held.get_mut()).await;
+
+    // idle_timeout: the newcomer goes quiet.
+    expect_closed(&mut newcomer).await;
     server.stop().await;
 
     assert!(

@@ -17,11 +17,41 @@ use courier_hl7::{
     AckCode, AckError, AckMode, ErrorCode, LineEndings, Message, ParseOptions, Severity, build_ack,
     build_nak_for_unparsed,
 };
-use courier_mllp::{Handler, ListenerSettings, PeerInfo};
+use courier_mllp::{Handler, ListenerSettings, PeerInfo, ServerTls, ServerTlsFiles};
 use tokio_util::sync::CancellationToken;
 
+/// TLS options of `courier listen`.
+#[derive(Debug, clap::Args)]
+pub struct TlsArgs {
+    /// Serve TLS with this certificate chain (PEM).
+    #[arg(long, value_name = "PEM", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// The certificate's private key (PEM).
+    #[arg(long, value_name = "PEM", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// Require client certificates that chain to this CA bundle (PEM): mutual TLS.
+    #[arg(long, value_name = "PEM", requires = "tls_cert")]
+    tls_client_ca: Option<PathBuf>,
+}
+
 /// Serves until SIGINT/SIGTERM.
-pub fn listen(addr: SocketAddr, out: Option<PathBuf>, ack: &str) -> anyhow::Result<ExitCode> {
+pub fn listen(
+    addr: SocketAddr,
+    out: Option<PathBuf>,
+    ack: &str,
+    tls: &TlsArgs,
+) -> anyhow::Result<ExitCode> {
+    let tls = match (&tls.tls_cert, &tls.tls_key) {
+        (Some(cert), Some(key)) => Some(
+            ServerTls::load(ServerTlsFiles {
+                cert: cert.clone(),
+                key: key.clone(),
+                client_ca: tls.tls_client_ca.clone(),
+            })
+            .context("TLS options")?,
+        ),
+        _ => None,
+    };
     if let Some(dir) = &out {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     }
@@ -36,6 +66,11 @@ pub fn listen(addr: SocketAddr, out: Option<PathBuf>, ack: &str) -> anyhow::Resu
             .with_context(|| format!("cannot bind {addr}"))?;
         let local = socket.local_addr()?;
         println!("listening on {local}");
+        match &tls {
+            Some(t) if t.mutual() => println!("TLS: client certificates required (mutual TLS)"),
+            Some(_) => println!("TLS"),
+            None => {}
+        }
         std::io::stdout().flush()?;
         let token = CancellationToken::new();
         super::cancel_on_signal(token.clone());
@@ -45,10 +80,10 @@ pub fn listen(addr: SocketAddr, out: Option<PathBuf>, ack: &str) -> anyhow::Resu
             seq: AtomicU64::new(0),
         });
         let settings = ListenerSettings {
-            name: "listen".into(),
             max_connections: 64,
             idle_timeout: std::time::Duration::from_secs(3600),
-            max_frame_size: courier_mllp::DEFAULT_MAX_FRAME_SIZE,
+            tls,
+            ..ListenerSettings::new("listen")
         };
         courier_mllp::serve(socket, settings, receiver, token).await?;
         Ok(ExitCode::SUCCESS)

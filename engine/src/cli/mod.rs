@@ -64,6 +64,8 @@ enum Command {
         /// Send each file's bytes untouched as one frame (for testing bad input).
         #[arg(long)]
         raw: bool,
+        #[command(flatten)]
+        tls: send::TlsArgs,
     },
     /// Show a message's structure, the values at paths, or its JSON form.
     Parse {
@@ -127,6 +129,8 @@ enum Command {
         /// ACK code to answer with (AE or AR to test a sender's error handling).
         #[arg(long, default_value = "AA", value_parser = ["AA", "AE", "AR"])]
         ack: String,
+        #[command(flatten)]
+        tls: listen::TlsArgs,
     },
 }
 
@@ -142,7 +146,8 @@ pub fn main() -> ExitCode {
             to,
             timeout,
             raw,
-        } => send::send(&files, &to, timeout, raw),
+            tls,
+        } => send::send(&files, &to, timeout, raw, &tls),
         Command::Parse { file, paths, json } => parse::parse(&file, &paths, json),
         Command::Messages {
             config,
@@ -168,7 +173,8 @@ pub fn main() -> ExitCode {
             bind,
             out,
             ack,
-        } => listen::listen(std::net::SocketAddr::new(bind, port), out, &ack),
+            tls,
+        } => listen::listen(std::net::SocketAddr::new(bind, port), out, &ack, &tls),
     };
     match result {
         Ok(code) => code,

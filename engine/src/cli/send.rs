@@ -8,10 +8,50 @@ use anyhow::Context;
 use bytes::Bytes;
 use courier::messagefile::read_messages;
 use courier_hl7::{LineEndings, Message, ParseOptions, ReceivedAck};
-use courier_mllp::{ClientSettings, MllpClient};
+use courier_mllp::{ClientSettings, ClientTls, ClientTlsFiles, MllpClient};
+
+/// TLS options of `courier send`.
+#[derive(Debug, clap::Args)]
+pub struct TlsArgs {
+    /// Send over TLS, trusting the receiver's certificate if it chains to this CA bundle (PEM).
+    #[arg(long, value_name = "PEM")]
+    tls_ca: Option<PathBuf>,
+    /// Client certificate chain (PEM) for mutual TLS.
+    #[arg(long, value_name = "PEM", requires_all = ["tls_ca", "tls_key"])]
+    tls_cert: Option<PathBuf>,
+    /// Client private key (PEM) for mutual TLS.
+    #[arg(long, value_name = "PEM", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// Name the receiver's certificate must be valid for (default: the host of --to).
+    #[arg(long, value_name = "NAME", requires = "tls_ca")]
+    tls_server_name: Option<String>,
+}
+
+impl TlsArgs {
+    fn load(&self) -> anyhow::Result<Option<ClientTls>> {
+        let Some(ca) = &self.tls_ca else {
+            return Ok(None);
+        };
+        let tls = ClientTls::load(ClientTlsFiles {
+            ca: ca.clone(),
+            cert: self.tls_cert.clone(),
+            key: self.tls_key.clone(),
+            server_name: self.tls_server_name.clone(),
+        })
+        .context("TLS options")?;
+        Ok(Some(tls))
+    }
+}
 
 /// Sends every message of every file, in order, over one connection.
-pub fn send(files: &[PathBuf], to: &str, timeout: Duration, raw: bool) -> anyhow::Result<ExitCode> {
+pub fn send(
+    files: &[PathBuf],
+    to: &str,
+    timeout: Duration,
+    raw: bool,
+    tls: &TlsArgs,
+) -> anyhow::Result<ExitCode> {
+    let tls = tls.load()?;
     let mut batches = Vec::new();
     for f in files {
         let messages = if raw {
@@ -24,7 +64,13 @@ pub fn send(files: &[PathBuf], to: &str, timeout: Duration, raw: bool) -> anyhow
         batches.push((f, messages));
     }
     super::runtime()?.block_on(async {
-        let mut client = MllpClient::new(to, ClientSettings::default());
+        let mut client = MllpClient::new(
+            to,
+            ClientSettings {
+                tls,
+                ..ClientSettings::default()
+            },
+        );
         let (mut accepted, mut refused) = (0usize, 0usize);
         for (file, messages) in batches {
             for (i, payload) in messages.into_iter().enumerate() {

@@ -269,15 +269,36 @@ pub struct ListenerConfig {
     pub name: String,
     /// Address to bind, e.g. `127.0.0.1:2575` (`:0` picks a free port).
     pub bind: Spanned<String>,
-    /// Connections served at once; further ones are closed on accept.
+    /// Connections served at once. When full, a new connection evicts the one that has gone
+    /// longest without completing a frame (never one handling a message); if every
+    /// connection is handling one, the new connection is closed.
     #[serde(default = "defaults::max_connections")]
     pub max_connections: usize,
+    /// Connections served at once from one IP address; one more is closed on accept.
+    /// Absent = no per-address limit.
+    #[serde(default)]
+    pub max_connections_per_ip: Option<usize>,
+    /// Source addresses allowed to connect: networks (`10.0.0.0/8`) or single addresses
+    /// (`127.0.0.1`, `::1`). Anyone else is closed right after accept. Absent = anyone.
+    #[serde(default)]
+    pub allow: Option<Vec<Spanned<String>>>,
+    /// Serve MLLP over TLS (`tls = { cert, key, client_ca }`); with `client_ca`, mutual TLS.
+    #[serde(default)]
+    pub tls: Option<Spanned<ListenerTlsConfig>>,
     /// A connection that sends nothing for this long is closed.
     #[serde(default = "defaults::idle_timeout", with = "humantime_serde")]
     pub idle_timeout: Duration,
     /// Largest MLLP frame accepted, in bytes; a larger one closes the connection.
     #[serde(default = "defaults::max_frame_size")]
     pub max_frame_size: usize,
+    /// Most segments a message may have; a message with more is refused (AR, with an ERR
+    /// naming the limit) before it is stored.
+    #[serde(default = "defaults::max_segments")]
+    pub max_segments: usize,
+    /// Most fields one segment may have (MSH-1 counts, as in HL7 numbering); a message with a
+    /// longer segment is refused (AR, with an ERR naming the limit and the segment).
+    #[serde(default = "defaults::max_fields")]
+    pub max_fields: usize,
     /// `strict`: segments end with `\r` only. `lenient`: `\n` and `\r\n` are accepted too.
     #[serde(default)]
     pub line_endings: LineEndingsConfig,
@@ -306,10 +327,56 @@ pub struct ListenerConfig {
     /// and `ack_policy = "after-store"`.
     #[serde(default = "defaults::mllp_release")]
     pub mllp_release: u8,
+    /// The TLS material named by `tls`, loaded and checked at load (set by [`Config::load`]).
+    #[serde(skip)]
+    pub tls_loaded: Option<courier_mllp::ServerTls>,
+    /// The `allow` entries, parsed at load.
+    #[serde(skip)]
+    pub allow_parsed: Vec<courier_mllp::IpNet>,
+}
+
+/// A listener's TLS (`tls = { ... }`). Paths are relative to the config file's directory.
+/// Certificates and keys are read again when their files change: new connections use the
+/// new ones, open connections keep theirs; a replacement that does not load is refused with
+/// a log line naming the file, and the previous material stays in use.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListenerTlsConfig {
+    /// The listener's certificate chain (PEM), leaf first.
+    pub cert: Spanned<PathBuf>,
+    /// The listener's private key (PEM).
+    pub key: Spanned<PathBuf>,
+    /// CA bundle (PEM) that clients' certificates must chain to: mutual TLS, a client
+    /// without a valid certificate is refused. Absent = clients are not asked for one.
+    #[serde(default)]
+    pub client_ca: Option<Spanned<PathBuf>>,
+    /// How long a TLS handshake may take before the connection is closed.
+    #[serde(default = "defaults::handshake_timeout", with = "humantime_serde")]
+    pub handshake_timeout: Duration,
+}
+
+/// A destination's TLS (`tls = { ... }`). Paths are relative to the config file's directory
+/// and reloaded when they change, as for a listener.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DestinationTlsConfig {
+    /// CA bundle (PEM) that the receiver's certificate must chain to (the OS trust store is
+    /// not used).
+    pub ca: Spanned<PathBuf>,
+    /// Client certificate chain (PEM) for mutual TLS; needs `key`.
+    #[serde(default)]
+    pub cert: Option<Spanned<PathBuf>>,
+    /// Client private key (PEM); needs `cert`.
+    #[serde(default)]
+    pub key: Option<Spanned<PathBuf>>,
+    /// Name the receiver's certificate must be valid for. Default: the host of `address`.
+    #[serde(default)]
+    pub server_name: Option<Spanned<String>>,
 }
 
 impl ListenerConfig {
-    /// How this listener reads a message: its line endings and default character set. The
+    /// How this listener reads a message: its line endings, default character set and
+    /// segment and field limits. The
     /// charset was validated at load, so an unknown name cannot reach here; should one, it
     /// falls back to the model's default (UTF-8).
     pub fn parse_options(&self) -> courier_hl7::ParseOptions {
@@ -319,6 +386,8 @@ impl ListenerConfig {
                 LineEndingsConfig::Lenient => courier_hl7::LineEndings::Lenient,
             },
             default_charset: parse_charset(self.default_charset.get_ref()).unwrap_or_default(),
+            max_segments: self.max_segments,
+            max_fields: self.max_fields,
         }
     }
 }
@@ -388,6 +457,14 @@ pub struct DestinationConfig {
     /// `1` records every delivery on its own.
     #[serde(default = "defaults::claim_batch")]
     pub claim_batch: usize,
+    /// Deliver over TLS (`tls = { ca, cert, key, server_name }`): the receiver's certificate
+    /// is checked against `ca` and the server name; `cert` and `key` add a client certificate
+    /// (mutual TLS).
+    #[serde(default)]
+    pub tls: Option<Spanned<DestinationTlsConfig>>,
+    /// The TLS material named by `tls`, loaded and checked at load (set by [`Config::load`]).
+    #[serde(skip)]
+    pub tls_loaded: Option<courier_mllp::ClientTls>,
 }
 
 /// Destination transports.
@@ -515,6 +592,10 @@ impl StepConfig {
     }
 }
 
+/// The smallest `max_fields` a listener accepts: MSH has 25 fields in HL7 v2.8 (21 in v2.5),
+/// and a limit that refuses a well-formed MSH would refuse every message.
+const MIN_MAX_FIELDS: usize = 25;
+
 mod defaults {
     use std::time::Duration;
 
@@ -533,8 +614,17 @@ mod defaults {
     pub fn idle_timeout() -> Duration {
         Duration::from_secs(600)
     }
+    pub fn handshake_timeout() -> Duration {
+        Duration::from_secs(10)
+    }
     pub fn max_frame_size() -> usize {
         16 * 1024 * 1024
+    }
+    pub fn max_segments() -> usize {
+        courier_hl7::DEFAULT_MAX_SEGMENTS
+    }
+    pub fn max_fields() -> usize {
+        courier_hl7::DEFAULT_MAX_FIELDS
     }
     pub fn charset() -> toml::Spanned<String> {
         toml::Spanned::new(0..0, "UTF-8".to_owned())
@@ -617,7 +707,9 @@ impl Config {
             }
         })?;
         config.source = file.to_owned();
-        Validator { text, file }.validate(&config)?;
+        let validator = Validator { text, file };
+        validator.validate(&config)?;
+        validator.load_tls(&mut config)?;
         Ok(config)
     }
 
@@ -703,6 +795,23 @@ impl Validator<'_> {
             if l.get_ref().max_frame_size < 64 {
                 return Err(self.err(l.span(), key("max_frame_size"), "must be at least 64 bytes"));
             }
+            if l.get_ref().max_segments == 0 {
+                return Err(self.err(
+                    l.span(),
+                    key("max_segments"),
+                    "must be at least 1 (the MSH segment)",
+                ));
+            }
+            if l.get_ref().max_fields < MIN_MAX_FIELDS {
+                return Err(self.err(
+                    l.span(),
+                    key("max_fields"),
+                    format!(
+                        "must be at least {MIN_MAX_FIELDS}, so that an MSH segment with all \
+                         its fields fits"
+                    ),
+                ));
+            }
             match l.get_ref().mllp_release {
                 1 => {}
                 2 if !c.store.enabled => {
@@ -737,6 +846,36 @@ impl Validator<'_> {
                         "unknown character set `{}`; use UTF-8, ASCII or 8859/1",
                         cs.get_ref()
                     ),
+                ));
+            }
+            if l.get_ref().max_connections_per_ip == Some(0) {
+                return Err(self.err(
+                    l.span(),
+                    key("max_connections_per_ip"),
+                    "must be at least 1 (leave it out for no per-address limit)",
+                ));
+            }
+            if let Some(allow) = &l.get_ref().allow {
+                if allow.is_empty() {
+                    return Err(self.err(
+                        l.span(),
+                        key("allow"),
+                        "an empty allow list would refuse every connection; leave it out to allow any source",
+                    ));
+                }
+                for (j, entry) in allow.iter().enumerate() {
+                    if let Err(m) = courier_mllp::parse_allow(entry.get_ref()) {
+                        return Err(self.err(entry.span(), key(&format!("allow[{j}]")), m));
+                    }
+                }
+            }
+            if let Some(tls) = &l.get_ref().tls
+                && tls.get_ref().handshake_timeout.is_zero()
+            {
+                return Err(self.err(
+                    tls.span(),
+                    key("tls.handshake_timeout"),
+                    "must be greater than 0",
                 ));
             }
         }
@@ -897,6 +1036,108 @@ impl Validator<'_> {
         Ok(())
     }
 
+    /// Resolves the TLS paths against the config file's directory, then loads and checks
+    /// every listener's and destination's certificates and keys, so that a missing or bad
+    /// file is a config error naming the key and the file.
+    fn load_tls(&self, c: &mut Config) -> Result<(), ConfigError> {
+        let base = c.source.parent().unwrap_or(FsPath::new("")).to_owned();
+        let resolve = |p: &Spanned<PathBuf>| Spanned::new(p.span(), base.join(p.get_ref()));
+        for (i, l) in c.listeners.iter_mut().enumerate() {
+            let l = l.get_mut();
+            l.allow_parsed = l
+                .allow
+                .iter()
+                .flatten()
+                .filter_map(|a| courier_mllp::parse_allow(a.get_ref()).ok())
+                .collect();
+            let Some(tls) = &mut l.tls else { continue };
+            let table = tls.span();
+            let t = tls.get_mut();
+            t.cert = resolve(&t.cert);
+            t.key = resolve(&t.key);
+            t.client_ca = t.client_ca.as_ref().map(resolve);
+            let keys = [
+                ("cert", Some(&t.cert)),
+                ("key", Some(&t.key)),
+                ("client_ca", t.client_ca.as_ref()),
+            ];
+            let loaded = courier_mllp::ServerTls::load(courier_mllp::ServerTlsFiles {
+                cert: t.cert.get_ref().clone(),
+                key: t.key.get_ref().clone(),
+                client_ca: t.client_ca.as_ref().map(|p| p.get_ref().clone()),
+            })
+            .map_err(|e| self.tls_err(&format!("listener[{i}].tls"), table, &keys, &e))?;
+            l.tls_loaded = Some(loaded);
+        }
+        for (i, d) in c.destinations.iter_mut().enumerate() {
+            let d = d.get_mut();
+            let Some(tls) = &mut d.tls else { continue };
+            let table = tls.span();
+            let t = tls.get_mut();
+            t.ca = resolve(&t.ca);
+            t.cert = t.cert.as_ref().map(resolve);
+            t.key = t.key.as_ref().map(resolve);
+            let prefix = format!("destination[{i}].tls");
+            if t.cert.is_some() != t.key.is_some() {
+                return Err(self.err(
+                    table.clone(),
+                    prefix,
+                    "a client certificate needs both cert and key",
+                ));
+            }
+            let keys = [
+                ("ca", Some(&t.ca)),
+                ("cert", t.cert.as_ref()),
+                ("key", t.key.as_ref()),
+            ];
+            let loaded = courier_mllp::ClientTls::load(courier_mllp::ClientTlsFiles {
+                ca: t.ca.get_ref().clone(),
+                cert: t.cert.as_ref().map(|p| p.get_ref().clone()),
+                key: t.key.as_ref().map(|p| p.get_ref().clone()),
+                server_name: t.server_name.as_ref().map(|n| n.get_ref().clone()),
+            })
+            .map_err(|e| {
+                if let (courier_mllp::TlsError::ServerName { .. }, Some(n)) = (&e, &t.server_name) {
+                    return self.err(n.span(), format!("{prefix}.server_name"), e.to_string());
+                }
+                self.tls_err(&prefix, table.clone(), &keys, &e)
+            })?;
+            // Without `server_name`, the address's host is the name: check it now.
+            if let Err(e) = loaded.server_name_for(d.address.get_ref()) {
+                return Err(self.err(
+                    d.address.span(),
+                    format!("destination[{i}].address"),
+                    format!("{e}; set tls.server_name to the name on the receiver's certificate"),
+                ));
+            }
+            d.tls_loaded = Some(loaded);
+        }
+        Ok(())
+    }
+
+    /// A TLS load error as a config error at the key whose file it names.
+    fn tls_err(
+        &self,
+        prefix: &str,
+        table: Range<usize>,
+        keys: &[(&str, Option<&Spanned<PathBuf>>)],
+        error: &courier_mllp::TlsError,
+    ) -> ConfigError {
+        let path = match error {
+            courier_mllp::TlsError::Read { path, .. }
+            | courier_mllp::TlsError::Pem { path, .. }
+            | courier_mllp::TlsError::Rejected { path, .. } => Some(path),
+            courier_mllp::TlsError::ServerName { .. } => None,
+        };
+        let found = keys
+            .iter()
+            .find_map(|(k, p)| p.filter(|p| Some(p.get_ref()) == path).map(|p| (*k, p)));
+        match found {
+            Some((k, p)) => self.err(p.span(), format!("{prefix}.{k}"), error.to_string()),
+            None => self.err(table, prefix.to_owned(), error.to_string()),
+        }
+    }
+
     fn compile_route(
         &self,
         i: usize,
@@ -1009,6 +1250,9 @@ destinations = ["emr"]
         let l = c.listeners[0].get_ref();
         assert_eq!(l.max_connections, 256);
         assert_eq!(l.max_frame_size, 16 * 1024 * 1024);
+        assert_eq!((l.max_segments, l.max_fields), (10_000, 1_000));
+        let opts = l.parse_options();
+        assert_eq!((opts.max_segments, opts.max_fields), (10_000, 1_000));
         assert_eq!(l.line_endings, LineEndingsConfig::Strict);
         let d = c.destinations[0].get_ref();
         assert_eq!(d.queue_capacity, 1000);
@@ -1061,9 +1305,104 @@ destinations = ["emr"]
     }
 
     #[test]
+    fn message_limits_are_read_and_checked_naming_the_key() {
+        let with = |keys: &str| {
+            BASE.replace(
+                "bind = \"127.0.0.1:0\"",
+                &format!("bind = \"127.0.0.1:0\"\n{keys}"),
+            )
+        };
+        let c = parse(&with("max_segments = 50\nmax_fields = 30")).unwrap();
+        let opts = c.listeners[0].get_ref().parse_options();
+        assert_eq!((opts.max_segments, opts.max_fields), (50, 30));
+
+        let e = parse(&with("max_segments = 0")).unwrap_err().to_string();
+        assert!(
+            e.starts_with("test.toml:2: listener[0].max_segments: must be at least 1"),
+            "{e}"
+        );
+        let e = parse(&with("max_fields = 24")).unwrap_err().to_string();
+        assert!(
+            e.starts_with("test.toml:2: listener[0].max_fields: must be at least 25"),
+            "{e}"
+        );
+        let e = parse(&with("max_fields = -1")).unwrap_err().to_string();
+        assert!(e.contains("max_fields"), "{e}");
+    }
+
+    #[test]
     fn duplicate_names_are_refused() {
         let text = format!("{BASE}\n[[destination]]\nname = \"emr\"\naddress = \"h:1\"\n");
         let e = parse(&text).unwrap_err().to_string();
         assert!(e.contains("duplicate destination name `emr`"), "{e}");
+    }
+
+    #[test]
+    fn allow_lists_and_per_address_limits_are_checked() {
+        let with = |extra: &str| {
+            BASE.replace(
+                "bind = \"127.0.0.1:0\"",
+                &format!("bind = \"127.0.0.1:0\"\n{extra}"),
+            )
+        };
+        let c = parse(&with(
+            "allow = [\"10.0.0.0/8\", \"::1\"]\nmax_connections_per_ip = 4",
+        ))
+        .unwrap();
+        let l = c.listeners[0].get_ref();
+        assert_eq!(l.allow_parsed.len(), 2);
+        assert_eq!(l.max_connections_per_ip, Some(4));
+        let e = parse(&with("allow = [\"10.0.0.0/8\", \"10.0.0.0/33\"]"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.starts_with("test.toml:5: listener[0].allow[1]: `10.0.0.0/33`"),
+            "{e}"
+        );
+        let e = parse(&with("allow = []")).unwrap_err().to_string();
+        assert!(e.contains("listener[0].allow: an empty allow list"), "{e}");
+        let e = parse(&with("max_connections_per_ip = 0"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("listener[0].max_connections_per_ip"), "{e}");
+    }
+
+    #[test]
+    fn tls_files_resolve_beside_the_config_and_a_missing_one_names_its_key() {
+        let text = BASE.replace(
+            "bind = \"127.0.0.1:0\"",
+            "bind = \"127.0.0.1:0\"\ntls = { cert = \"certs/s.pem\", key = \"certs/s.key\" }",
+        );
+        let e = Config::parse(&text, FsPath::new("/etc/courier/test.toml"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.starts_with("/etc/courier/test.toml:5: listener[0].tls.cert: cannot read /etc/courier/certs/s.pem"),
+            "{e}"
+        );
+        let text = BASE.replace(
+            "address = \"127.0.0.1:2576\"",
+            "address = \"127.0.0.1:2576\"\ntls = { ca = \"/nonexistent/ca.pem\" }",
+        );
+        let e = parse(&text).unwrap_err().to_string();
+        assert!(
+            e.starts_with("test.toml:9: destination[0].tls.ca: cannot read /nonexistent/ca.pem"),
+            "{e}"
+        );
+        let text = BASE.replace(
+            "address = \"127.0.0.1:2576\"",
+            "address = \"127.0.0.1:2576\"\ntls = { ca = \"ca.pem\", cert = \"c.pem\" }",
+        );
+        let e = parse(&text).unwrap_err().to_string();
+        assert!(
+            e.contains("destination[0].tls: a client certificate needs both cert and key"),
+            "{e}"
+        );
+        let text = BASE.replace(
+            "address = \"127.0.0.1:2576\"",
+            "address = \"127.0.0.1:2576\"\ntls = { ca = \"ca.pem\", verify = false }",
+        );
+        let e = parse(&text).unwrap_err().to_string();
+        assert!(e.contains("unknown field `verify`"), "{e}");
     }
 }

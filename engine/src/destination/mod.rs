@@ -44,13 +44,19 @@ pub enum Attempt {
     },
 }
 
-/// The MLLP client for a destination's settings.
+/// The MLLP client for a destination's settings: over TLS with the material loaded (and
+/// checked) with the config, when the destination has a `tls` table.
 pub fn client_for(cfg: &DestinationConfig) -> MllpClient {
+    debug_assert!(
+        cfg.tls.is_none() || cfg.tls_loaded.is_some(),
+        "a TLS destination's material is loaded with its config"
+    );
     MllpClient::new(
         cfg.address.get_ref().clone(),
         ClientSettings {
             connect_timeout: cfg.connect_timeout,
             max_frame_size: cfg.max_frame_size,
+            tls: cfg.tls_loaded.clone(),
             ..ClientSettings::default()
         },
     )

@@ -3,6 +3,9 @@
 
 #![allow(dead_code)] // each test file uses a different subset
 
+pub mod capture;
+pub mod pki;
+
 use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
