@@ -6,6 +6,7 @@
 //! `courier-mllp` crate, so that neither can reach into the other or into the engine.
 
 pub mod admin;
+mod alerts;
 pub mod config;
 pub mod destination;
 pub mod logging;

@@ -6,8 +6,9 @@
 //! deliver, retry or dead-letter. Queue depths and the store's size are read from the store
 //! when scraped. Labels are names from the config and fixed words, never message content.
 
-use std::sync::LazyLock;
-use std::time::Duration;
+use std::collections::HashMap;
+use std::sync::{LazyLock, Mutex};
+use std::time::{Duration, Instant};
 
 use courier_store::Store;
 use prometheus_client::encoding::EncodeLabelSet;
@@ -84,6 +85,18 @@ pub struct Metrics {
     step_failures: Family<StepFailureLabel, Counter>,
     queue_depth: Family<QueueLabel, Gauge>,
     store_bytes: Gauge,
+    health: Mutex<Health>,
+}
+
+/// What the alert rules read besides the counters.
+#[derive(Default)]
+struct Health {
+    /// When each listener last received a frame.
+    last_received: HashMap<String, Instant>,
+    /// Since when every attempt to each destination has failed (absent: it last succeeded).
+    failing_since: HashMap<String, Instant>,
+    /// Step failures so far, by route.
+    step_failures: HashMap<String, u64>,
 }
 
 /// 100 µs to ~53 s: an ACK after a sync, a delivery after hours of retries lands in +Inf.
@@ -173,11 +186,38 @@ impl Metrics {
             step_failures,
             queue_depth,
             store_bytes,
+            health: Mutex::default(),
+        }
+    }
+
+    fn health(&self) -> std::sync::MutexGuard<'_, Health> {
+        self.health.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// When `listener` last received a frame, if it has.
+    pub fn last_received(&self, listener: &str) -> Option<Instant> {
+        self.health().last_received.get(listener).copied()
+    }
+
+    /// Since when every attempt to `destination` has failed, if its last one did.
+    pub fn failing_since(&self, destination: &str) -> Option<Instant> {
+        self.health().failing_since.get(destination).copied()
+    }
+
+    /// Step failures so far, on `route` or on all routes.
+    pub fn step_failures(&self, route: Option<&str>) -> u64 {
+        let health = self.health();
+        match route {
+            Some(r) => health.step_failures.get(r).copied().unwrap_or(0),
+            None => health.step_failures.values().sum(),
         }
     }
 
     /// A listener received a frame.
     pub fn received(&self, listener: &str) {
+        self.health()
+            .last_received
+            .insert(listener.to_owned(), Instant::now());
         self.received
             .get_or_create(&ListenerLabel {
                 listener: listener.to_owned(),
@@ -217,6 +257,18 @@ impl Metrics {
         outcome: DeliveryOutcome,
         since_received: Option<Duration>,
     ) {
+        match outcome {
+            DeliveryOutcome::Delivered => {
+                self.health().failing_since.remove(destination);
+            }
+            DeliveryOutcome::Retried => {
+                self.health()
+                    .failing_since
+                    .entry(destination.to_owned())
+                    .or_insert_with(Instant::now);
+            }
+            DeliveryOutcome::DeadLetter => {}
+        }
         self.deliveries
             .get_or_create(&DeliveryLabel {
                 destination: destination.to_owned(),
@@ -242,6 +294,11 @@ impl Metrics {
             })
             .observe(took.as_secs_f64());
         if let Some(error) = failure {
+            *self
+                .health()
+                .step_failures
+                .entry(route.to_owned())
+                .or_default() += 1;
             self.step_failures
                 .get_or_create(&StepFailureLabel {
                     route: route.to_owned(),

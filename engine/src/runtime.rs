@@ -107,12 +107,9 @@ impl Engine {
                     "was in flight when the engine stopped; it will be sent again, flagged possible duplicate"
                 );
             }
-            spawn_pruner(
-                &config,
-                store.clone(),
-                &tasks.workers,
-                tasks.hard_stop.clone(),
-            );
+            // The pruner stops when the destinations start draining: it must not hold the
+            // shutdown for its grace period.
+            spawn_pruner(&config, store.clone(), &tasks.workers, tasks.drain.clone());
             Output::Durable {
                 store,
                 waiters: Arc::new(Waiters::default()),
@@ -156,16 +153,17 @@ impl Engine {
             tasks: tasks.clone(),
         };
         let (reload, requests) = tokio::sync::mpsc::channel(4);
+        let view = EngineView {
+            pipeline: live.pipeline.clone(),
+            paused: tasks.paused.clone(),
+            reload: reload.clone(),
+            started_at: SystemTime::now(),
+        };
+        crate::alerts::spawn(view.clone(), &tasks.workers, tasks.drain.clone());
         let admin = match &live.config.admin {
             Some(cfg) => {
                 let cfg = cfg.get_ref();
                 let token = cfg.resolve_token().map_err(|e| anyhow::anyhow!("{e}"))?;
-                let view = EngineView {
-                    pipeline: live.pipeline.clone(),
-                    paused: tasks.paused.clone(),
-                    reload: reload.clone(),
-                    started_at: SystemTime::now(),
-                };
                 Some(
                     crate::admin::start(cfg, token, view, &tasks.listeners, tasks.shutdown.clone())
                         .await?,

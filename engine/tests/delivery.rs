@@ -262,3 +262,17 @@ fn sigterm_finishes_the_queue_and_exits_cleanly() {
     // The listener is closed.
     assert!(std::net::TcpStream::connect(addr).is_err());
 }
+
+/// An idle engine stops at once on SIGTERM: nothing (the pruner, the alert checks) holds the
+/// shutdown for its whole grace period.
+#[test]
+fn an_idle_engine_stops_promptly_on_sigterm() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dest: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let text =
+        config(dest, 10, true).replace("shutdown_grace = \"5s\"", "shutdown_grace = \"120s\"");
+    let (mut engine, _) = start_engine(tmp.path(), &text, "in");
+    engine.signal("TERM");
+    // Well under the 120 s grace: nothing is queued, so nothing should wait for it.
+    assert!(engine.wait_exit(Duration::from_secs(60)).success());
+}

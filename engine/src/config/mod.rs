@@ -68,6 +68,12 @@ pub struct Config {
     /// The admin HTTP server (API, metrics, dashboard); absent = none.
     #[serde(default)]
     pub admin: Option<Spanned<AdminConfig>>,
+    /// Where alert notices go and how often rules are checked.
+    #[serde(default)]
+    pub alerts: AlertsConfig,
+    /// Alert rules (`[[alert]]`).
+    #[serde(default, rename = "alert")]
+    pub alert_rules: Vec<Spanned<AlertRule>>,
     /// MLLP listeners the engine accepts messages on.
     #[serde(default, rename = "listener")]
     pub listeners: Vec<Spanned<ListenerConfig>>,
@@ -128,6 +134,74 @@ pub struct AdminConfig {
     /// Largest request body accepted, in bytes.
     #[serde(default = "defaults::admin_max_body")]
     pub max_body: usize,
+}
+
+/// `[alerts]`: where notices go. Every rule's notices also go to the log.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AlertsConfig {
+    /// `http://host:port/path` that each notice is POSTed to as JSON; absent = log only.
+    #[serde(default)]
+    pub webhook: Option<Spanned<String>>,
+    /// How often the rules are checked.
+    #[serde(default = "defaults::alert_check_every", with = "humantime_serde")]
+    pub check_every: Duration,
+}
+
+impl Default for AlertsConfig {
+    fn default() -> Self {
+        AlertsConfig {
+            webhook: None,
+            check_every: defaults::alert_check_every(),
+        }
+    }
+}
+
+/// One alert rule (`[[alert]]`): a condition checked every `check_every`; a notice when it
+/// starts to hold (once per incident, not once per message) and another when it stops.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AlertRule {
+    /// Names the rule in notices.
+    pub name: String,
+    /// What to watch.
+    pub when: AlertKind,
+    /// The destination (`queue_depth`, `dead_letters`, `destination_down`).
+    #[serde(default)]
+    pub destination: Option<Spanned<String>>,
+    /// The listener (`listener_silent`).
+    #[serde(default)]
+    pub listener: Option<Spanned<String>>,
+    /// Only this route's steps (`step_failures`); absent = every route.
+    #[serde(default)]
+    pub route: Option<Spanned<String>>,
+    /// The threshold: fires when the value is above it (`queue_depth`, `dead_letters`,
+    /// `step_failures`).
+    #[serde(default)]
+    pub above: u64,
+    /// How long the condition must last: every attempt failing (`destination_down`, default
+    /// 1m), nothing received (`listener_silent`, default 15m).
+    #[serde(default, rename = "for", with = "humantime_serde")]
+    pub lasting: Option<Duration>,
+    /// The window step failures are counted over (`step_failures`, default 5m).
+    #[serde(default, with = "humantime_serde")]
+    pub within: Option<Duration>,
+}
+
+/// Alert conditions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AlertKind {
+    /// A destination's unfinished deliveries (queued + in flight) above `above`.
+    QueueDepth,
+    /// A destination's dead-lettered deliveries above `above`.
+    DeadLetters,
+    /// Every attempt to a destination has failed for `for`.
+    DestinationDown,
+    /// A listener received nothing for `for`.
+    ListenerSilent,
+    /// More than `above` step failures (traps, timeouts, limits) within `within`.
+    StepFailures,
 }
 
 /// The environment variable the admin token is read from when the config has none.
@@ -644,6 +718,9 @@ mod defaults {
     pub fn admin_max_body() -> usize {
         64 * 1024
     }
+    pub fn alert_check_every() -> Duration {
+        Duration::from_secs(10)
+    }
     pub fn step_deadline() -> Duration {
         Duration::from_millis(100)
     }
@@ -724,6 +801,91 @@ impl Config {
     }
 }
 
+impl Validator<'_> {
+    fn validate_alerts(&self, c: &Config) -> Result<(), ConfigError> {
+        if let Some(url) = &c.alerts.webhook
+            && !url.get_ref().starts_with("http://")
+        {
+            return Err(self.err(
+                url.span(),
+                "alerts.webhook".into(),
+                format!(
+                    "`{}` is not an http:// address (https webhooks are not supported yet; relay through a local receiver)",
+                    url.get_ref()
+                ),
+            ));
+        }
+        if c.alerts.check_every.is_zero() {
+            return Err(self.err(0..0, "alerts.check_every".into(), "must be greater than 0"));
+        }
+        let mut names = HashSet::new();
+        for (i, r) in c.alert_rules.iter().enumerate() {
+            let rule = r.get_ref();
+            let key = |k: &str| format!("alert[{i}].{k}");
+            if rule.name.trim().is_empty() || !names.insert(rule.name.as_str()) {
+                return Err(self.err(
+                    r.span(),
+                    key("name"),
+                    format!("alert names must be unique and not empty (`{}`)", rule.name),
+                ));
+            }
+            let needs_destination = matches!(
+                rule.when,
+                AlertKind::QueueDepth | AlertKind::DeadLetters | AlertKind::DestinationDown
+            );
+            if needs_destination {
+                let Some(d) = &rule.destination else {
+                    return Err(self.err(
+                        r.span(),
+                        key("destination"),
+                        "this rule watches a destination: name it",
+                    ));
+                };
+                if !c
+                    .destinations
+                    .iter()
+                    .any(|x| x.get_ref().name == *d.get_ref())
+                {
+                    return Err(self.err(
+                        d.span(),
+                        key("destination"),
+                        format!("no destination named `{}`", d.get_ref()),
+                    ));
+                }
+            }
+            if rule.when == AlertKind::ListenerSilent {
+                let Some(l) = &rule.listener else {
+                    return Err(self.err(
+                        r.span(),
+                        key("listener"),
+                        "this rule watches a listener: name it",
+                    ));
+                };
+                if !c.listeners.iter().any(|x| x.get_ref().name == *l.get_ref()) {
+                    return Err(self.err(
+                        l.span(),
+                        key("listener"),
+                        format!("no listener named `{}`", l.get_ref()),
+                    ));
+                }
+            }
+            if let Some(route) = &rule.route
+                && !c
+                    .routes
+                    .iter()
+                    .any(|x| x.get_ref().name == *route.get_ref())
+            {
+                return Err(self.err(
+                    route.span(),
+                    key("route"),
+                    format!("no route named `{}`", route.get_ref()),
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
 struct Validator<'a> {
     text: &'a str,
     file: &'a FsPath,
@@ -740,6 +902,7 @@ impl Validator<'_> {
     }
 
     fn validate(&self, c: &Config) -> Result<(), ConfigError> {
+        self.validate_alerts(c)?;
         if let Some(a) = &c.admin {
             let bind = &a.get_ref().bind;
             if bind.get_ref().parse::<SocketAddr>().is_err() {
