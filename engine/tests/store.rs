@@ -222,4 +222,15 @@ fn messages_cli_lists_shows_retries_and_resends_while_the_engine_runs() {
     assert_eq!(wait_files(&fixed_out, 2, Duration::from_secs(20)).len(), 2);
     let shown = courier(&["show", &id]);
     assert_eq!(shown.matches("delivered after").count(), 2, "{shown}");
+
+    // What the operator did is in the audit log, newest first, without patient data.
+    let audit = courier(&["audit"]);
+    let actions: Vec<&str> = audit
+        .lines()
+        .map(|l| l.split_whitespace().nth(3).unwrap_or(""))
+        .collect();
+    assert_eq!(actions, ["view", "resend", "retry", "view"], "{audit}");
+    assert!(audit.lines().all(|l| l.contains("cli:")), "{audit}");
+    assert!(!audit.contains("100234"), "{audit}");
+    assert_eq!(courier(&["audit", "--message", &id]).lines().count(), 3);
 }

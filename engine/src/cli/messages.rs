@@ -14,7 +14,8 @@ use chrono::{DateTime, Local};
 use clap::Subcommand;
 use courier::config::Config;
 use courier_store::{
-    DeliveryStatus, MessageId, MessageStatus, Search, SqliteStore, Store, StoreSettings, TypeFilter,
+    AuditEntry, DeliveryStatus, MessageId, MessageStatus, Search, SqliteStore, Store,
+    StoreSettings, TypeFilter,
 };
 
 /// What to do with the store.
@@ -56,6 +57,15 @@ pub enum MessagesCommand {
         /// Only to this destination.
         #[arg(long = "to")]
         destination: Option<String>,
+    },
+    /// The audit log: who viewed, resent or retried what, and when (newest first).
+    Audit {
+        /// Only entries about this message.
+        #[arg(long)]
+        message: Option<i64>,
+        /// At most this many.
+        #[arg(long, default_value = "50")]
+        limit: u32,
     },
     /// Queue errored (dead-lettered) deliveries again.
     Retry {
@@ -143,6 +153,7 @@ pub fn messages(
                 let Some(m) = store.message(MessageId(id)).await? else {
                     bail!("no message {id} in the store");
                 };
+                audit(&store, "view", Some(m.id), String::new()).await;
                 writeln!(out, "message {}", m.id.0)?;
                 writeln!(out, "  received   {} on {} from {}", local(m.received_at), m.listener, m.peer)?;
                 writeln!(out, "  type       {}", m.message_type)?;
@@ -203,18 +214,55 @@ pub fn messages(
             }
             MessagesCommand::Resend { id, destination } => {
                 let ids = store.resend(MessageId(id), destination.as_deref()).await?;
+                if !ids.is_empty() {
+                    let detail = destination.as_ref().map(|d| format!("to={d}")).unwrap_or_default();
+                    audit(&store, "resend", Some(MessageId(id)), detail).await;
+                }
                 if ids.is_empty() {
                     bail!("message {id} has no delivery to resend{}", destination.map(|d| format!(" to {d}")).unwrap_or_default());
                 }
                 writeln!(out, "queued {} new deliver{} for message {id}", ids.len(), if ids.len() == 1 { "y" } else { "ies" })?;
             }
+            MessagesCommand::Audit { message, limit } => {
+                for e in store.audit_log(message.map(MessageId), limit).await? {
+                    writeln!(
+                        out,
+                        "{}  {:<24}  {:<7}  {:>8}  {}",
+                        local(e.at),
+                        e.actor,
+                        e.action,
+                        e.message_id.map(|m| m.0.to_string()).unwrap_or_else(|| "-".into()),
+                        e.detail
+                    )?;
+                }
+            }
             MessagesCommand::Retry { destination, .. } => {
                 let n = store.retry_errored(destination.as_deref()).await?;
+                let detail = destination.as_ref().map_or_else(|| "all".to_owned(), |d| format!("destination={d}"));
+                audit(&store, "retry", None, format!("{detail} requeued={n}")).await;
                 writeln!(out, "queued {n} errored deliver{} again", if n == 1 { "y" } else { "ies" })?;
             }
         }
         Ok(ExitCode::SUCCESS)
     })
+}
+
+/// Records an operator's action in the store's audit log, as the admin API does; the actor
+/// is the local user. A failure to record is reported but does not undo the action.
+async fn audit(store: &SqliteStore, action: &str, message: Option<MessageId>, detail: String) {
+    let user = std::env::var("USER")
+        .or_else(|_| std::env::var("LOGNAME"))
+        .unwrap_or_else(|_| "unknown".into());
+    let entry = AuditEntry {
+        at: SystemTime::now(),
+        actor: format!("cli:{user}"),
+        action: action.to_owned(),
+        message_id: message,
+        detail,
+    };
+    if let Err(e) = store.audit(entry).await {
+        eprintln!("warning: could not record this in the audit log: {e}");
+    }
 }
 
 fn local(t: SystemTime) -> String {
