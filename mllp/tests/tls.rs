@@ -473,21 +473,25 @@ async fn trickle(
 
 #[tokio::test]
 async fn trickling_connections_do_not_starve_real_senders() {
+    // The scenario: 1,000 trickling connections against the default limit of 256
+    // (they trickle every 200 ms rather than every 10 s so the test is quick; eviction does
+    // not depend on the pace).
+    const FULL: usize = courier_mllp::listener::DEFAULT_MAX_CONNECTIONS;
     let server = Server::start(ListenerSettings {
-        max_connections: 64,
+        max_connections: FULL,
         // Long enough that the idle timeout is not what saves the day.
         idle_timeout: Duration::from_secs(60),
         ..settings()
     })
     .await;
     let started = Instant::now();
-    let mut tricklers = trickle("127.0.0.1", server.addr, 300, Duration::from_millis(200)).await;
+    let mut tricklers = trickle("127.0.0.1", server.addr, 1000, Duration::from_millis(200)).await;
     // The listener fills up with tricklers (each newcomer evicting the oldest), which keep
     // trickling: wait until the evicted ones have noticed, leaving exactly a full listener.
     let settled = Instant::now();
     loop {
         while tricklers.try_join_next().is_some() {}
-        if tricklers.len() == 64 {
+        if tricklers.len() == FULL {
             break;
         }
         assert!(
@@ -499,7 +503,7 @@ async fn trickling_connections_do_not_starve_real_senders() {
     }
     tokio::time::sleep(Duration::from_millis(500)).await;
     while tricklers.try_join_next().is_some() {}
-    assert_eq!(tricklers.len(), 64, "a full listener keeps its tricklers");
+    assert_eq!(tricklers.len(), FULL, "a full listener keeps its tricklers");
 
     for i in 0..5 {
         let asked = Instant::now();
