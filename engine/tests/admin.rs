@@ -39,13 +39,6 @@ destinations = ["emr"]
     )
 }
 
-fn admin_addr(engine: &Proc) -> SocketAddr {
-    engine.wait_line(Duration::from_secs(60), |l| {
-        let v: Value = serde_json::from_str(l).ok()?;
-        (v["message"] == "admin server listening").then(|| v["addr"].as_str()?.parse().ok())?
-    })
-}
-
 fn get(addr: SocketAddr, path: &str) -> Value {
     let (status, body) = http(addr, "GET", path, Some(ADMIN_TOKEN), b"");
     assert_eq!(status, 200, "GET {path}: {body}");
@@ -69,14 +62,6 @@ fn metrics(addr: SocketAddr) -> String {
     let (status, body) = http(addr, "GET", "/metrics", Some(ADMIN_TOKEN), b"");
     assert_eq!(status, 200, "{body}");
     body
-}
-
-fn wait_for(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
-    let deadline = Instant::now() + timeout;
-    while !f() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
 }
 
 #[test]

@@ -7,7 +7,7 @@ mod support;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde_json::Value;
 use support::*;
@@ -67,14 +67,6 @@ fn notices(seen: &Mutex<Vec<Value>>, alert: &str) -> Vec<String> {
         .filter(|n| n["alert"] == alert)
         .map(|n| n["status"].as_str().unwrap_or("?").to_owned())
         .collect()
-}
-
-fn wait_for(what: &str, timeout: Duration, f: impl Fn() -> bool) {
-    let deadline = Instant::now() + timeout;
-    while !f() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
 }
 
 #[test]

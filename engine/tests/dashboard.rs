@@ -203,13 +203,6 @@ impl Drop for Driver {
     }
 }
 
-fn admin_addr(engine: &Proc) -> SocketAddr {
-    engine.wait_line(Duration::from_secs(60), |l| {
-        let v: Value = serde_json::from_str(l).ok()?;
-        (v["message"] == "admin server listening").then(|| v["addr"].as_str()?.parse().ok())?
-    })
-}
-
 #[test]
 fn the_dashboard_signs_in_shows_the_clinic_and_resends_a_message() {
     build_plugins();

@@ -303,6 +303,18 @@ pub(super) struct SearchQuery {
     offset: Option<u32>,
 }
 
+/// A query parameter that names one of a fixed set of words (a status).
+fn parse_word<T>(key: &str, value: Option<&str>) -> Result<Option<T>, ApiError>
+where
+    T: std::str::FromStr,
+    T::Err: std::fmt::Display,
+{
+    value
+        .map(str::parse::<T>)
+        .transpose()
+        .map_err(|e| ApiError(StatusCode::BAD_REQUEST, format!("{key}: {e}")))
+}
+
 fn parse_time(key: &str, value: &str) -> Result<SystemTime, ApiError> {
     if let Ok(t) = DateTime::parse_from_rfc3339(value) {
         return Ok(t.with_timezone(&Utc).into());
@@ -331,44 +343,23 @@ pub(super) async fn search(
         Ok(s) => s,
         Err(r) => return r.into_response(),
     };
-    let bad = |key: &str, e: &dyn std::fmt::Display| {
-        error(StatusCode::BAD_REQUEST, format!("{key}: {e}"))
+    let parsed = || -> Result<_, ApiError> {
+        Ok((
+            parse_word::<MessageStatus>("status", q.status.as_deref())?,
+            parse_word::<DeliveryStatus>("delivery", q.delivery.as_deref())?,
+            q.since
+                .as_deref()
+                .map(|v| parse_time("since", v))
+                .transpose()?,
+            q.until
+                .as_deref()
+                .map(|v| parse_time("until", v))
+                .transpose()?,
+        ))
     };
-    let status = match q
-        .status
-        .as_deref()
-        .map(str::parse::<MessageStatus>)
-        .transpose()
-    {
-        Ok(s) => s,
-        Err(e) => return bad("status", &e),
-    };
-    let delivery_status = match q
-        .delivery
-        .as_deref()
-        .map(str::parse::<DeliveryStatus>)
-        .transpose()
-    {
-        Ok(s) => s,
-        Err(e) => return bad("delivery", &e),
-    };
-    let since = match q
-        .since
-        .as_deref()
-        .map(|v| parse_time("since", v))
-        .transpose()
-    {
-        Ok(t) => t,
-        Err(r) => return r.into_response(),
-    };
-    let until = match q
-        .until
-        .as_deref()
-        .map(|v| parse_time("until", v))
-        .transpose()
-    {
-        Ok(t) => t,
-        Err(r) => return r.into_response(),
+    let (status, delivery_status, since, until) = match parsed() {
+        Ok(p) => p,
+        Err(e) => return e.into_response(),
     };
     // Which filters were used, not their values: a patient id is patient data.
     let used: Vec<&str> = [

@@ -414,3 +414,20 @@ pub fn clinic_config(dests: [SocketAddr; 4]) -> String {
         )
         .replace("\"scripts/", &format!("\"{}/scripts/", examples.display()))
 }
+
+/// Polls `f` until it holds, failing the test after `timeout`.
+pub fn wait_for(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !f() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// The admin server's address, from the engine's JSON log.
+pub fn admin_addr(engine: &Proc) -> SocketAddr {
+    engine.wait_line(Duration::from_secs(60), |l| {
+        let v: serde_json::Value = serde_json::from_str(l).ok()?;
+        (v["message"] == "admin server listening").then(|| v["addr"].as_str()?.parse().ok())?
+    })
+}
