@@ -2,6 +2,7 @@
 //! arguments, sets up logging and maps results to exit codes:
 //! 0 success, 1 the command's own "no" (a NAK, an invalid config), 2 usage or I/O errors.
 
+mod bench;
 mod listen;
 mod messages;
 mod parse;
@@ -115,6 +116,13 @@ enum Command {
         #[command(subcommand)]
         command: plugin::PluginCommand,
     },
+    /// Load an MLLP receiver: messages with unique control ids over several connections,
+    /// every ACK checked; prints messages/s, latency percentiles and errors by kind.
+    /// Exits 1 if any message was not accepted.
+    Bench {
+        #[command(flatten)]
+        args: bench::BenchArgs,
+    },
     /// A receiver that ACKs every message and prints or stores it: a stand-in EMR or LIS.
     Listen {
         /// Port to listen on (0 picks a free one; the address is printed).
@@ -168,6 +176,7 @@ pub fn main() -> ExitCode {
             format,
         }),
         Command::Plugin { command } => plugin::plugin(command),
+        Command::Bench { args } => bench::bench(&args),
         Command::Listen {
             port,
             bind,
