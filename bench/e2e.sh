@@ -1,0 +1,107 @@
+#!/usr/bin/env bash
+# The end-to-end benchmark in one command (docs/performance.md): in the same run, on loopback,
+#   ceiling   `courier bench` straight at `courier listen` (the acknowledging receiver);
+#   pipeline  `courier bench` at `courier run examples/clinic.toml`: after-store ACKs with
+#             fsync, WASM and Rhai steps, deliveries to four `courier listen` stand-ins;
+# at 1 and 8 connections, with the server's CPU time per message and its peak memory, then
+# the pipeline/ceiling ratio.
+#
+#   bench/e2e.sh                 20,000 messages per measurement
+#   MESSAGES=5000 bench/e2e.sh   a quicker run
+#
+# Ports 27575-27589 on 127.0.0.1 are used; everything it starts is stopped at the end.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+messages=${MESSAGES:-20000}
+rustup target add wasm32-wasip2 >/dev/null 2>&1 || true
+cargo build --release --locked --bin courier
+cargo build --release --target wasm32-wasip2 --manifest-path plugins/Cargo.toml \
+  --target-dir target/wasm-plugins
+bin=target/release/courier
+work=$(mktemp -d)
+pids=()
+cleanup() {
+  for p in "${pids[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+  rm -rf "$work"
+}
+trap cleanup EXIT
+
+wait_port() { # host port
+  for _ in $(seq 600); do
+    (exec 3<>"/dev/tcp/$1/$2") 2>/dev/null && return 0
+    sleep 0.1
+  done
+  echo "nothing listening on $1:$2" >&2
+  return 1
+}
+
+# CPU seconds (user + system) a process has used so far.
+cpu() { awk -v hz="$(getconf CLK_TCK)" '{ printf "%.3f", ($14 + $15) / hz }' "/proc/$1/stat"; }
+# Its peak resident memory in MiB.
+peak() { awk '/VmHWM/ { printf "%.1f", $2 / 1024 }' "/proc/$1/status"; }
+
+# measure NAME PID PORT CONNECTIONS: one bench run against PORT; prints a result line.
+measure() {
+  local name=$1 pid=$2 port=$3 conns=$4
+  local before after json
+  before=$(cpu "$pid")
+  json=$("$bin" bench --to "127.0.0.1:$port" --connections "$conns" --messages "$messages" --json) || {
+    echo "bench against $name failed: $json" >&2
+    return 1
+  }
+  after=$(cpu "$pid")
+  python3 - "$name" "$conns" "$before" "$after" "$(peak "$pid")" "$json" <<'PY'
+import json, sys
+name, conns, before, after, peak, raw = sys.argv[1:]
+v = json.loads(raw)
+n = max(v["accepted"], 1)
+cpu_us = (float(after) - float(before)) * 1e6 / n
+print(f'{name}\t{conns}\t{v["messages_per_second"]:.0f}\t{v["latency_ms"]["p50"]:.2f}\t'
+      f'{v["latency_ms"]["p99"]:.2f}\t{cpu_us:.0f}\t{peak}\t{v["errors"]}')
+PY
+}
+
+# The ceiling: the receiver alone.
+"$bin" listen --port 27575 >/dev/null 2>"$work/ceiling.log" & ceiling=$!; pids+=($ceiling)
+wait_port 127.0.0.1 27575
+
+# The pipeline: the example clinic on other ports, its store in $work.
+for i in 6 7 8 9; do
+  mkdir -p "$work/dest$i"
+  "$bin" listen --port 2758$i --out "$work/dest$i" >/dev/null 2>&1 & pids+=($!)
+done
+sed -e 's/127.0.0.1:2575/127.0.0.1:27580/' \
+    -e 's/127.0.0.1:2576/127.0.0.1:27586/' -e 's/127.0.0.1:2577/127.0.0.1:27587/' \
+    -e 's/127.0.0.1:2578/127.0.0.1:27588/' -e 's/127.0.0.1:2579/127.0.0.1:27589/' \
+    -e 's/127.0.0.1:8575/127.0.0.1:0/' \
+    -e "s#\"\\.\\./target/#\"$PWD/target/#" -e "s#\"scripts/#\"$PWD/examples/scripts/#" \
+    examples/clinic.toml >"$work/clinic.toml"
+COURIER_ADMIN_TOKEN=bench-token-0123456789 \
+  "$bin" run "$work/clinic.toml" --store-dir "$work/store" 2>"$work/engine.log" & engine=$!; pids+=($engine)
+wait_port 127.0.0.1 27580
+idle=$(peak "$engine")
+
+results=$work/results.tsv
+{
+  measure ceiling "$ceiling" 27575 1
+  measure pipeline "$engine" 27580 1
+  measure ceiling "$ceiling" 27575 8
+  measure pipeline "$engine" 27580 8
+} | tee "$results" >/dev/null
+
+echo
+echo "courier e2e benchmark: $messages messages per row, $(nproc) cores, $(date -u +%Y-%m-%dT%H:%MZ)"
+printf '%-9s %5s %11s %9s %9s %12s %9s %7s\n' what conns "msg/s" "p50 ms" "p99 ms" "cpu us/msg" "peak MiB" errors
+while IFS=$'\t' read -r name conns rate p50 p99 cpu mem errs; do
+  printf '%-9s %5s %11s %9s %9s %12s %9s %7s\n' "$name" "$conns" "$rate" "$p50" "$p99" "$cpu" "$mem" "$errs"
+done <"$results"
+python3 - "$results" "$idle" <<'PY'
+import sys
+rows = [l.rstrip("\n").split("\t") for l in open(sys.argv[1])]
+rate = {(r[0], r[1]): float(r[2]) for r in rows}
+for c in ("1", "8"):
+    print(f"pipeline/ceiling at {c} connection(s): {100 * rate[('pipeline', c)] / rate[('ceiling', c)]:.1f}%")
+print(f"engine memory right after start (clinic loaded): {sys.argv[2]} MiB peak")
+PY
