@@ -215,9 +215,16 @@ impl Metrics {
 
     /// A listener received a frame.
     pub fn received(&self, listener: &str) {
-        self.health()
-            .last_received
-            .insert(listener.to_owned(), Instant::now());
+        // Every message passes here: update in place, allocate the key only once.
+        let now = Instant::now();
+        let mut health = self.health();
+        match health.last_received.get_mut(listener) {
+            Some(t) => *t = now,
+            None => {
+                health.last_received.insert(listener.to_owned(), now);
+            }
+        }
+        drop(health);
         self.received
             .get_or_create(&ListenerLabel {
                 listener: listener.to_owned(),
