@@ -447,6 +447,38 @@ impl Store for SqliteStore {
 mod tests {
     use super::*;
 
+    /// A hot query is parsed once per connection, not once per use. rusqlite's statement cache
+    /// clears a statement's bindings when it is returned; SQLite expires a statement whose plan
+    /// looked at a bound value (a `LIMIT ?`, a range on an indexed column) when its bindings
+    /// are cleared, so without the query planner stability guarantee every use re-prepared it.
+    #[test]
+    fn hot_queries_are_not_reprepared() {
+        use rusqlite::types::Value;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("plan.db");
+        let mut conn = Connection::open(&path).unwrap();
+        schema::prepare_writer(&mut conn, &path, &StoreSettings::default(), true).unwrap();
+        for (name, sql) in ops::sql::ALL {
+            let mut reprepared = 0;
+            for i in 0..10_i64 {
+                let mut stmt = conn.prepare_cached(sql).unwrap();
+                // Different values on each use: text for the first parameter (a destination or
+                // an application), growing integers for the rest (times, limits).
+                let params: Vec<Value> = (0..stmt.parameter_count())
+                    .map(|k| match k {
+                        0 => Value::Text(format!("x{i}")),
+                        _ => Value::Integer(i * 1000 + k as i64),
+                    })
+                    .collect();
+                let mut rows = stmt.query(rusqlite::params_from_iter(params)).unwrap();
+                while rows.next().unwrap().is_some() {}
+                drop(rows);
+                reprepared = stmt.get_status(rusqlite::StatementStatus::RePrepare);
+            }
+            assert_eq!(reprepared, 0, "{name} was prepared again on reuse");
+        }
+    }
+
     /// Every hot query reads through an index: no full scan of a table, and the queue queries
     /// walk the partial indexes of unfinished deliveries in id order (no sort).
     #[test]

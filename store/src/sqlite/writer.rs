@@ -102,6 +102,8 @@ where
 pub(crate) struct Writer {
     tx: Option<mpsc::Sender<Box<dyn Job>>>,
     thread: Option<JoinHandle<()>>,
+    /// The writer thread, woken after each job is sent while it gathers a batch.
+    waker: std::thread::Thread,
 }
 
 impl Writer {
@@ -119,6 +121,7 @@ impl Writer {
             .spawn(move || run(conn, rx, max_batch, &counters))?;
         Ok(Writer {
             tx: Some(tx),
+            waker: thread.thread().clone(),
             thread: Some(thread),
         })
     }
@@ -145,6 +148,8 @@ impl Writer {
             reply,
         });
         tx.send(job).await.map_err(|_| StoreError::Closed)?;
+        // An atomic swap unless the writer is parked waiting for this batch's stragglers.
+        self.waker.unpark();
         answer.await.map_err(|_| StoreError::Closed)?
     }
 }
@@ -182,8 +187,14 @@ fn run(
                         break;
                     }
                 }
-                Err(_) if batch.len() < last && Instant::now() < gather_until => {
-                    std::thread::yield_now();
+                Err(_) if batch.len() < last => {
+                    // Sleep until a caller sends (`submit` unparks this thread) or the wait is
+                    // over. Spinning here instead cost a core's worth of CPU the callers needed.
+                    let left = gather_until.saturating_duration_since(Instant::now());
+                    if left.is_zero() {
+                        break;
+                    }
+                    std::thread::park_timeout(left);
                 }
                 Err(_) => break,
             }
@@ -219,7 +230,7 @@ fn commit_batch(conn: &Connection, jobs: &mut [Box<dyn Job>]) -> bool {
     let mut ok = vec![false; jobs.len()];
     // The first job of the open transaction: jobs before it are settled either way.
     let mut from = 0;
-    if let Err(e) = conn.execute_batch("BEGIN IMMEDIATE") {
+    if let Err(e) = exec(conn, "BEGIN IMMEDIATE") {
         fail_from(jobs, 0, &e);
         return false;
     }
@@ -240,7 +251,7 @@ fn commit_batch(conn: &Connection, jobs: &mut [Box<dyn Job>]) -> bool {
                     }
                     from = i + 1;
                     if from < jobs.len() {
-                        if let Err(e) = conn.execute_batch("BEGIN IMMEDIATE") {
+                        if let Err(e) = exec(conn, "BEGIN IMMEDIATE") {
                             fail_from(jobs, from, &e);
                             return false;
                         }
@@ -251,7 +262,7 @@ fn commit_batch(conn: &Connection, jobs: &mut [Box<dyn Job>]) -> bool {
             }
         }
     }
-    match conn.execute_batch("COMMIT") {
+    match exec(conn, "COMMIT") {
         Ok(()) => true,
         Err(e) => {
             tracing::error!(error = %classify("commit", &e), "store commit failed");
@@ -269,10 +280,16 @@ fn commit_batch(conn: &Connection, jobs: &mut [Box<dyn Job>]) -> bool {
     }
 }
 
+/// Runs one statement of transaction control (`BEGIN`, `SAVEPOINT`, …) from the statement
+/// cache: `execute_batch` would parse it again on every call, four times per job.
+fn exec(conn: &Connection, sql: &str) -> rusqlite::Result<()> {
+    conn.prepare_cached(sql)?.execute([]).map(|_| ())
+}
+
 /// Runs one job inside its own savepoint, undoing just its work if it fails.
 fn run_one(conn: &Connection, job: &mut dyn Job) -> Result<(), StoreError> {
     let operation = job.operation();
-    if let Err(e) = conn.execute_batch("SAVEPOINT job") {
+    if let Err(e) = exec(conn, "SAVEPOINT job") {
         let e = classify(operation, &e);
         job.fail(e.clone());
         return Err(e);
@@ -283,10 +300,8 @@ fn run_one(conn: &Connection, job: &mut dyn Job) -> Result<(), StoreError> {
             detail: "the operation panicked".into(),
         })
     });
-    let outcome = outcome.and_then(|()| {
-        conn.execute_batch("RELEASE job")
-            .map_err(|e| classify(operation, &e))
-    });
+    let outcome =
+        outcome.and_then(|()| exec(conn, "RELEASE job").map_err(|e| classify(operation, &e)));
     if let Err(e) = &outcome {
         job.fail(e.clone());
         if !conn.is_autocommit() {
