@@ -208,7 +208,7 @@ impl Store for SqliteStore {
     ) -> Result<Vec<DeliveryId>, StoreError> {
         self.writer
             .submit("complete_processing", move |c| {
-                ops::complete_processing(c, id, &processing)
+                ops::complete_processing(c, id, &processing, None)
             })
             .await
     }
@@ -221,7 +221,7 @@ impl Store for SqliteStore {
         self.writer
             .submit("journal_processed", move |c| {
                 let id = ops::journal(c, &message)?;
-                let deliveries = ops::complete_processing(c, id, &processing)?;
+                let deliveries = ops::complete_processing(c, id, &processing, Some(&message.raw))?;
                 Ok((id, deliveries))
             })
             .await

@@ -162,10 +162,17 @@ pub(crate) fn journal(conn: &Connection, m: &NewMessage) -> OpResult<MessageId> 
     Ok(MessageId(id))
 }
 
+/// Records what processing made of a message and queues its deliveries. `raw`: the message as
+/// received, when the caller has it at hand (otherwise it is read back if a delivery needs it).
+///
+/// A delivery whose payload is the message as received gets no payload row of its own: the
+/// readers fall back to the message's body (`payload_of`). A pass-through route then writes
+/// the message's bytes once, not twice.
 pub(crate) fn complete_processing(
     conn: &Connection,
     id: MessageId,
     p: &Processing,
+    raw: Option<&[u8]>,
 ) -> OpResult<Vec<DeliveryId>> {
     let status = message_status_of(conn, id)?;
     if status != MessageStatus::Received {
@@ -203,14 +210,27 @@ pub(crate) fn complete_processing(
             s.reason,
         ])?;
     }
+    let read_back;
+    let raw = match raw {
+        Some(raw) => Some(raw),
+        None if p.deliveries.is_empty() => None,
+        None => {
+            read_back = conn
+                .prepare_cached("SELECT raw FROM message_bodies WHERE message_id = ?1")?
+                .query_row([id.0], |r| r.get::<_, Vec<u8>>(0))?;
+            Some(&read_back[..])
+        }
+    };
     let mut ids = Vec::with_capacity(p.deliveries.len());
     for d in &p.deliveries {
         let delivery =
             insert_delivery(conn, id, &d.route, &d.destination, &d.order_key, now, None)?;
-        conn.prepare_cached(
-            "INSERT INTO delivery_payloads (delivery_id, payload) VALUES (?1, ?2)",
-        )?
-        .execute(params![delivery.0, &d.payload[..]])?;
+        if raw != Some(&d.payload[..]) {
+            conn.prepare_cached(
+                "INSERT INTO delivery_payloads (delivery_id, payload) VALUES (?1, ?2)",
+            )?
+            .execute(params![delivery.0, &d.payload[..]])?;
+        }
         ids.push(delivery);
     }
     Ok(ids)
@@ -409,11 +429,13 @@ pub(crate) fn claim_batch(
          WHERE id = ?1",
     )?;
     let mut read = conn.prepare_cached(
-        "SELECT d.id, d.message_id, d.route, d.destination, p.payload, m.control_id,
-                m.message_type, d.order_key, d.attempts, d.possible_duplicate, m.received_at
+        "SELECT d.id, d.message_id, d.route, d.destination, coalesce(p.payload, b.raw),
+                m.control_id, m.message_type, d.order_key, d.attempts, d.possible_duplicate,
+                m.received_at
          FROM deliveries d
          JOIN messages m ON m.id = d.message_id
-         JOIN delivery_payloads p ON p.delivery_id = d.id
+         LEFT JOIN delivery_payloads p ON p.delivery_id = d.id
+         LEFT JOIN message_bodies b ON b.message_id = d.message_id AND p.payload IS NULL
          WHERE d.id = ?1",
     )?;
     let mut batch = Vec::with_capacity(picked.len());
@@ -752,8 +774,11 @@ pub(crate) fn message(conn: &Connection, id: MessageId) -> OpResult<Option<Messa
         .prepare_cached(
             "SELECT d.id, d.route, d.destination, d.order_key, d.status, d.attempts,
                     d.possible_duplicate, d.created_at, d.last_attempt_at, d.next_attempt_at,
-                    d.finished_at, d.last_error, d.ack, p.payload, d.resent_from
-             FROM deliveries d JOIN delivery_payloads p ON p.delivery_id = d.id
+                    d.finished_at, d.last_error, d.ack, coalesce(p.payload, b.raw),
+                    d.resent_from
+             FROM deliveries d
+             LEFT JOIN delivery_payloads p ON p.delivery_id = d.id
+             LEFT JOIN message_bodies b ON b.message_id = d.message_id AND p.payload IS NULL
              WHERE d.message_id = ?1 ORDER BY d.id",
         )?
         .query_map([id.0], delivery_detail)?
@@ -808,6 +833,8 @@ pub(crate) fn resend(
     let mut ids = Vec::with_capacity(sources.len());
     for (source, route, dest, key) in sources {
         let new = insert_delivery(conn, id, &route, &dest, &key, now, Some(DeliveryId(source)))?;
+        // No payload row to copy means the source sent the message as received; so does
+        // the copy.
         conn.prepare_cached(
             "INSERT INTO delivery_payloads (delivery_id, payload)
              SELECT ?1, payload FROM delivery_payloads WHERE delivery_id = ?2",

@@ -160,6 +160,10 @@ pub(crate) fn prepare_writer(
     conn.pragma_update(None, "synchronous", sync).map_err(sql)?;
     conn.pragma_update(None, "foreign_keys", "ON")
         .map_err(sql)?;
+    // Each job runs in a savepoint, whose statement journal holds a copy of every page the job
+    // changes until it is released: in memory, not in a temporary file written per job.
+    conn.pragma_update(None, "temp_store", "MEMORY")
+        .map_err(sql)?;
     // Without a limit the WAL file keeps the size of its largest burst forever.
     conn.pragma_update(None, "journal_size_limit", 64 * 1024 * 1024)
         .map_err(sql)?;

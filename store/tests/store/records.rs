@@ -538,3 +538,64 @@ async fn resend_copies_payloads_and_retry_errored_requeues_dead_letters() {
     let c = claim(&*store, "emr", DeliveryOrder::Strict, t(6)).await;
     assert_eq!(c.id, emr_copy);
 }
+
+/// A delivery of the message as received stores no copy of it: claims, the message view and
+/// resends read the body instead. A changed payload is stored as it is.
+#[tokio::test]
+async fn pass_through_deliveries_share_the_message_body() {
+    let dir = tempfile::tempdir().unwrap();
+    let sqlite = open(dir.path());
+    let db = sqlite.path().to_owned();
+    let store: std::sync::Arc<dyn courier_store::Store> = std::sync::Arc::new(sqlite);
+    let m = message("C1", "P1");
+    let raw = m.raw.clone();
+    let as_received = |dest: &str| courier_store::NewDelivery {
+        payload: raw.clone(),
+        ..delivery(dest, "P1", "")
+    };
+    // In one commit with the message, and (below) processed after journaling.
+    let (id, ids) = store
+        .journal_processed(
+            m,
+            processed(vec![
+                as_received("billing"),
+                delivery("emr", "P1", "mapped"),
+            ]),
+        )
+        .await
+        .unwrap();
+    let later = store.journal(message("C2", "P2")).await.unwrap();
+    let raw2 = message("C2", "P2").raw;
+    store
+        .complete_processing(
+            later,
+            processed(vec![courier_store::NewDelivery {
+                payload: raw2.clone(),
+                ..delivery("billing", "P2", "")
+            }]),
+        )
+        .await
+        .unwrap();
+
+    let rows: i64 = rusqlite::Connection::open(&db)
+        .unwrap()
+        .query_row("SELECT count(*) FROM delivery_payloads", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(rows, 1, "only the changed payload has a row of its own");
+
+    let billing = claim(&*store, "billing", DeliveryOrder::Strict, t(1)).await;
+    assert_eq!((billing.id, &billing.payload), (ids[0], &raw));
+    let emr = claim(&*store, "emr", DeliveryOrder::Strict, t(1)).await;
+    assert_eq!(payload(&emr), "mapped");
+    store.delivered(billing.id, Bytes::new()).await.unwrap();
+    let second = claim(&*store, "billing", DeliveryOrder::Strict, t(1)).await;
+    assert_eq!(second.payload, raw2);
+
+    let detail = store.message(id).await.unwrap().unwrap();
+    let payloads: Vec<&[u8]> = detail.deliveries.iter().map(|d| &d.payload[..]).collect();
+    assert_eq!(payloads, [&raw[..], b"mapped"]);
+    let copy = store.resend(id, Some("billing")).await.unwrap();
+    store.delivered(second.id, Bytes::new()).await.unwrap();
+    let resent = claim(&*store, "billing", DeliveryOrder::Strict, t(2)).await;
+    assert_eq!((resent.id, &resent.payload), (copy[0], &raw));
+}
