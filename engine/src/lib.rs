@@ -12,6 +12,7 @@ pub mod destination;
 pub mod logging;
 pub mod messagefile;
 pub mod metrics;
+pub mod package;
 mod reload;
 pub mod route;
 pub mod routetest;

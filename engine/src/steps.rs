@@ -118,13 +118,32 @@ impl StepLoader {
                     message,
                 };
                 let file = sc.file(config).ok_or_else(|| err("no file".into()))?;
-                let settings = Arc::new(match serde_json::to_value(&sc.settings) {
+                // A package's settings get the defaults of its manifest's schema (checked at
+                // config load).
+                let mut table = sc.settings.clone();
+                if let Some(p) = &sc.package {
+                    p.manifest.apply_settings(&mut table).map_err(&err)?;
+                }
+                let settings = Arc::new(match serde_json::to_value(&table) {
                     Ok(serde_json::Value::Object(m)) => m,
                     _ => serde_json::Map::new(),
                 });
                 let bytes = std::fs::read(&file)
                     .map_err(|e| err(format!("cannot read {}: {e}", file.display())))?;
-                let wasm = sc.wasm.is_some();
+                // An installed package is re-checked against its signed manifest here too: the
+                // bytes compiled are the bytes the vendor signed.
+                if let Some(p) = &sc.package {
+                    let actual = crate::package::sha256_hex(&bytes);
+                    if actual != p.component_sha256 {
+                        return Err(err(format!(
+                            "plugin {}: {} changed since it was verified (sha256 {actual}, the signed manifest says {})",
+                            p.manifest.id(),
+                            file.display(),
+                            p.component_sha256
+                        )));
+                    }
+                }
+                let wasm = sc.wasm.is_some() || sc.package.is_some();
                 uses_wasm |= wasm;
                 let limits = if wasm {
                     format!("{:?}", wasm_limits(sc))
@@ -173,13 +192,19 @@ impl StepLoader {
 }
 
 fn wasm_limits(sc: &StepConfig) -> WasmLimits {
+    // A package gets only the capabilities its manifest asked for, even where the route
+    // grants more.
+    let grants = match &sc.package {
+        Some(p) => p.manifest.narrow_grants(&sc.grants),
+        None => sc.grants.clone(),
+    };
     WasmLimits {
         deadline: sc.deadline,
         memory: sc.memory_bytes,
         grants: Grants {
-            env: sc.grants.env.clone().into_iter().collect(),
-            clock: sc.grants.clock,
-            random: sc.grants.random,
+            env: grants.env.into_iter().collect(),
+            clock: grants.clock,
+            random: grants.random,
             ..Grants::default()
         },
         reuse_instance: sc.reuse_instance,

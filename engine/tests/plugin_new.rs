@@ -69,6 +69,8 @@ fn a_new_plugin_builds_and_passes_its_tests() {
         "messages/adt_a04.hl7",
         ".gitignore",
         "rust-toolchain.toml",
+        "courier-plugin.toml",
+        "package-tests/package.toml",
     ] {
         assert!(project.join(f).is_file(), "{f} not generated");
     }
@@ -91,6 +93,47 @@ fn a_new_plugin_builds_and_passes_its_tests() {
     assert_eq!(out.status.code(), Some(0), "{stdout}");
     assert_eq!(stdout.lines().filter(|l| l.starts_with("ok ")).count(), 3);
     assert!(stdout.contains("ok: 3 passed, 0 failed"), "{stdout}");
+
+    // It packs as it is, and the package installs: its own tests pass in the sandbox.
+    let out = courier(
+        &["plugin", "keygen", "--out", "vendor", "--no-password"],
+        tmp.path(),
+    );
+    assert!(out.status.success());
+    let public = std::fs::read_to_string(tmp.path().join("vendor.pub")).unwrap();
+    let out = courier(
+        &[
+            "plugin",
+            "pack",
+            project.to_str().unwrap(),
+            "--key",
+            "vendor.key",
+            "--wasm",
+            built.to_str().unwrap(),
+            "--out",
+            "stamp.cpkg",
+        ],
+        tmp.path(),
+    );
+    assert!(out.status.success(), "the generated plugin does not pack");
+    std::fs::write(
+        tmp.path().join("clinic.toml"),
+        format!(
+            "[plugins]\ndir = \"installed\"\ntrusted_keys = [\"{}\"]\n",
+            public.lines().last().unwrap().trim()
+        ),
+    )
+    .unwrap();
+    let out = courier(
+        &["plugin", "install", "stamp.cpkg", "--config", "clinic.toml"],
+        tmp.path(),
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}");
+    assert!(
+        stdout.contains("its own tests pass in the sandbox (2 cases)"),
+        "{stdout}"
+    );
 
     // The author's own loop: the unit tests in src/lib.rs, natively.
     let out = cargo(&["test"], &project);

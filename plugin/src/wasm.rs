@@ -36,6 +36,39 @@ use bindings::{filter, host, transform};
 use sandbox::HostState;
 pub use sandbox::{LogLevel, LogLine, LogSource};
 
+/// The versions of Courier's plugin interface (`package courier:plugin@X.Y.Z;` in
+/// wit/plugin.wit) this host links. A component built for one of these, or for an earlier
+/// version semver-compatible with one (the same major version; for 0.x, the same minor),
+/// loads; any other is refused at load with [`LoadError::UnsupportedWit`].
+pub const SUPPORTED_WIT: &[&str] = &["0.1.0"];
+
+/// Whether this host can run a plugin built for `courier:plugin@wanted`; the error says
+/// which versions it supports.
+pub fn check_wit(wanted: &str) -> Result<(), String> {
+    check_wit_against(wanted, SUPPORTED_WIT)
+}
+
+fn check_wit_against(wanted: &str, supported: &[&str]) -> Result<(), String> {
+    let Ok(v) = semver::Version::parse(wanted) else {
+        return Err(format!("`{wanted}` is not a WIT package version"));
+    };
+    let compatible = supported.iter().any(|s| {
+        let s = semver::Version::parse(s).expect("SUPPORTED_WIT holds versions");
+        v.major == s.major && (s.major > 0 || v.minor == s.minor) && v <= s
+    });
+    if compatible {
+        return Ok(());
+    }
+    let supported: Vec<String> = supported
+        .iter()
+        .map(|v| format!("courier:plugin@{v}"))
+        .collect();
+    Err(format!(
+        "built for courier:plugin@{wanted}, which this engine does not support: it supports {} and earlier compatible versions; rebuild the plugin with this Courier's SDK, or run a Courier that supports it",
+        supported.join(", ")
+    ))
+}
+
 /// How the shared runtime is set up; one per engine.
 #[derive(Debug, Clone)]
 pub struct WasmRuntimeConfig {
@@ -192,6 +225,14 @@ pub enum LoadError {
         file: PathBuf,
         /// What it exports instead, comma-separated.
         exports: String,
+    },
+    /// The component was built for a version of Courier's interface this host does not link.
+    #[error("plugin {file}: {message}")]
+    UnsupportedWit {
+        /// The plugin file.
+        file: PathBuf,
+        /// Which version it wants and which ones are supported.
+        message: String,
     },
     /// The component failed to instantiate (e.g. it traps in its start function).
     #[error("plugin {file}: fails to start: {message}")]
@@ -383,6 +424,8 @@ pub struct WasmPlugin {
     hash_hex: String,
     pre: Pre,
     limits: WasmLimits,
+    /// The component's import names, e.g. `courier:plugin/host@0.1.0`.
+    imports: Vec<String>,
     deadline_ticks: u64,
     from_cache: bool,
     /// Idle instances kept for the next message when `limits.reuse_instance` is set: as many
@@ -464,6 +507,18 @@ impl WasmPlugin {
             message: format!("{e:#}"),
         })?;
 
+        // Name the interface version before linking: "needs imports Courier does not
+        // provide" would be true but less helpful.
+        for import in component.component_type().imports(&rt.engine) {
+            if let Some((_, version)) = import
+                .0
+                .strip_prefix("courier:plugin/")
+                .and_then(|i| i.split_once('@'))
+                && let Err(message) = check_wit(version)
+            {
+                return Err(LoadError::UnsupportedWit { file, message });
+            }
+        }
         let instance_pre = rt
             .linker
             .instantiate_pre(&component)
@@ -489,7 +544,13 @@ impl WasmPlugin {
         let tick = rt.tick.as_nanos().max(1);
         let deadline_ticks =
             u64::try_from(limits.deadline.as_nanos().div_ceil(tick)).unwrap_or(u64::MAX / 2) + 1;
+        let imports = component
+            .component_type()
+            .imports(&rt.engine)
+            .map(|(name, _)| name.to_string())
+            .collect();
         let plugin = WasmPlugin {
+            imports,
             name: path
                 .file_name()
                 .map(|n| n.to_string_lossy().into_owned())
@@ -524,6 +585,21 @@ impl WasmPlugin {
     /// SHA-256 of the plugin's bytes (the hex form is [`Step::content_hash`]).
     pub fn bytes_hash(&self) -> &[u8; 32] {
         &self.hash
+    }
+
+    /// What the component imports, by name (e.g. `courier:plugin/host@0.1.0`,
+    /// `wasi:clocks/wall-clock@0.2.6`).
+    pub fn imports(&self) -> &[String] {
+        &self.imports
+    }
+
+    /// The version of Courier's interface the component was built for, read from its
+    /// `courier:plugin/...@VERSION` imports; `None` when it imports none of them.
+    pub fn courier_wit_version(&self) -> Option<&str> {
+        self.imports
+            .iter()
+            .find_map(|i| i.strip_prefix("courier:plugin/")?.split_once('@'))
+            .map(|(_, v)| v)
     }
 
     /// Transform or filter.
@@ -932,4 +1008,29 @@ fn sha256(bytes: &[u8]) -> [u8; 32] {
 
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn compatible_wit_versions_load_and_others_are_named() {
+        super::check_wit("0.1.0").unwrap();
+        let e = super::check_wit("0.2.0").unwrap_err();
+        assert!(
+            e.contains("courier:plugin@0.2.0") && e.contains("supports courier:plugin@0.1.0"),
+            "{e}"
+        );
+        super::check_wit("0.0.9").unwrap_err();
+        super::check_wit("1.0.0").unwrap_err();
+        // Once the engine moves on, plugins built for an earlier compatible version keep
+        // loading; a newer or an incompatible one does not.
+        let later = ["0.1.3", "1.4.0"];
+        for ok in ["0.1.0", "0.1.3", "1.0.0", "1.4.0"] {
+            super::check_wit_against(ok, &later).unwrap();
+        }
+        for bad in ["0.1.4", "0.2.0", "1.5.0", "2.0.0", "0.0.1"] {
+            let e = super::check_wit_against(bad, &later).unwrap_err();
+            assert!(e.contains(&format!("courier:plugin@{bad}")), "{e}");
+        }
+    }
 }

@@ -142,6 +142,10 @@ pub(super) async fn routes(State(admin): Shared) -> Response {
                 "steps": r.steps.iter().map(|s| {
                     let s = s.get_ref();
                     match (&s.wasm, &s.script) {
+                        _ if s.package.is_some() => {
+                            let p = s.package.as_ref().map(|p| (p.manifest.id(), p.component_sha256.clone(), p.key_id.clone())).unwrap_or_default();
+                            json!({ "kind": "wasm", "plugin": p.0, "content_hash": p.1, "key_id": p.2 })
+                        }
                         (Some(w), _) => json!({ "kind": "wasm", "file": w.get_ref().display().to_string() }),
                         (_, Some(sc)) => json!({ "kind": "rhai", "file": sc.get_ref().display().to_string() }),
                         _ => json!({}),

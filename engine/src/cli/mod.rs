@@ -5,8 +5,10 @@
 mod bench;
 mod listen;
 mod messages;
+mod package;
 mod parse;
 mod plugin;
+mod replay;
 mod run;
 mod send;
 mod test;
@@ -111,7 +113,7 @@ enum Command {
         #[arg(long, value_enum, default_value = "text")]
         format: test::Format,
     },
-    /// Plugin projects: `courier plugin new NAME` creates one that builds as it is.
+    /// Plugin projects and packages: `new`, `keygen`, `pack`, `install`, `list`, `replay`.
     Plugin {
         #[command(subcommand)]
         command: plugin::PluginCommand,

@@ -27,6 +27,77 @@ pub enum PluginCommand {
         #[arg(long)]
         sdk: Option<PathBuf>,
     },
+    /// Make a minisign key pair for signing packages: OUT.key (secret) and OUT.pub.
+    ///
+    /// The secret key is encrypted with a password (COURIER_KEY_PASSWORD, or asked for)
+    /// unless --no-password. The keys work with the standard `minisign` tool too.
+    Keygen {
+        /// Path of the key files without extension.
+        #[arg(long, default_value = "courier-signing")]
+        out: PathBuf,
+        /// Leave the secret key unencrypted (for CI signing; keep the file safe).
+        #[arg(long)]
+        no_password: bool,
+    },
+    /// Build a plugin project and write a signed package (docs/packages.md).
+    ///
+    /// Reads Cargo.toml and courier-plugin.toml of PROJECT, builds the component with
+    /// `cargo build --release --target wasm32-wasip2` (unless --wasm), and signs the manifest
+    /// with KEY (a minisign secret key; COURIER_KEY_PASSWORD if it is encrypted).
+    Pack {
+        /// The plugin project directory.
+        #[arg(default_value = ".")]
+        project: PathBuf,
+        /// The minisign secret key to sign with.
+        #[arg(long)]
+        key: PathBuf,
+        /// The package file to write (default NAME-VERSION.cpkg).
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// Pack this already-built component instead of building the project.
+        #[arg(long)]
+        wasm: Option<PathBuf>,
+        /// cargo's target directory for the build.
+        #[arg(long)]
+        target_dir: Option<PathBuf>,
+        /// The package's version, instead of Cargo.toml's.
+        #[arg(long = "package-version")]
+        package_version: Option<String>,
+    },
+    /// Verify a package, run its own tests in the sandbox and install it beside the versions
+    /// already installed. Exits 1, installing nothing, when it is refused.
+    Install {
+        /// The package file (.cpkg).
+        package: PathBuf,
+        /// The engine's config: [plugins] dir, trusted_keys and allow_capabilities.
+        #[arg(long, env = "COURIER_CONFIG")]
+        config: PathBuf,
+    },
+    /// List the installed plugins, each re-verified. Exits 1 if one fails verification.
+    List {
+        /// The engine's config.
+        #[arg(long, env = "COURIER_CONFIG")]
+        config: PathBuf,
+    },
+    /// Run a route's last stored messages through a candidate plugin version in the sandbox
+    /// and show, message by message, the field-level differences from what the route's
+    /// current version makes of them.
+    Replay {
+        /// The candidate, NAME@VERSION (installed).
+        candidate: String,
+        /// The route whose messages to replay.
+        #[arg(long)]
+        route: String,
+        /// How many of its latest messages.
+        #[arg(long, default_value = "20")]
+        last: u32,
+        /// The engine's config (the store is where it says).
+        #[arg(long, env = "COURIER_CONFIG")]
+        config: PathBuf,
+        /// The store directory, instead of the config's.
+        #[arg(long)]
+        store_dir: Option<PathBuf>,
+    },
 }
 
 /// Runs a `courier plugin` subcommand.
@@ -43,11 +114,37 @@ pub fn plugin(command: PluginCommand) -> anyhow::Result<ExitCode> {
             println!(
                 "\nnext:\n  cd {}\n  cargo test                                    # unit tests, natively\n  \
                  cargo build --release --target wasm32-wasip2  # target/wasm32-wasip2/release/{lib}.wasm\n  \
-                 courier test courier.toml                     # the route tests, through the engine",
+                 courier test courier.toml                     # the route tests, through the engine\n  \
+                 courier plugin pack --key KEY                 # a signed package (docs/packages.md)",
                 project.display()
             );
             Ok(ExitCode::SUCCESS)
         }
+        PluginCommand::Keygen { out, no_password } => super::package::keygen(&out, no_password),
+        PluginCommand::Pack {
+            project,
+            key,
+            out,
+            wasm,
+            target_dir,
+            package_version,
+        } => super::package::pack(&super::package::PackArgs {
+            project,
+            key,
+            out,
+            wasm,
+            target_dir,
+            version: package_version,
+        }),
+        PluginCommand::Install { package, config } => super::package::install(&package, &config),
+        PluginCommand::List { config } => super::package::list(&config),
+        PluginCommand::Replay {
+            candidate,
+            route,
+            last,
+            config,
+            store_dir,
+        } => super::replay::replay(&candidate, &route, last, &config, store_dir),
     }
 }
 
@@ -80,6 +177,15 @@ const TEMPLATES: &[(&str, &str)] = &[
     (
         ".gitignore",
         include_str!("../../templates/plugin/gitignore"),
+    ),
+    // What `courier plugin pack` needs to make a signed package of it (docs/packages.md).
+    (
+        "courier-plugin.toml",
+        include_str!("../../templates/plugin/courier-plugin.toml"),
+    ),
+    (
+        "package-tests/package.toml",
+        include_str!("../../templates/plugin/package-tests/package.toml"),
     ),
     // The toolchain Courier is built with, and the plugin target with it.
     (

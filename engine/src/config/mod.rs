@@ -87,9 +87,41 @@ pub struct Config {
     /// local lab codes to LOINC.
     #[serde(default)]
     pub tables: std::collections::HashMap<String, std::collections::HashMap<String, String>>,
+    /// Installed plugin packages and the vendor keys trusted to sign them (`[plugins]`).
+    #[serde(default)]
+    pub plugins: PluginsConfig,
     /// The file this was loaded from (set by [`Config::load`]).
     #[serde(skip)]
     pub source: PathBuf,
+}
+
+/// Where installed plugin packages live and whose signatures are trusted (`[plugins]`);
+/// see docs/packages.md.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PluginsConfig {
+    /// The plugin directory (`DIR/NAME/VERSION/`), relative to the config's directory.
+    #[serde(default = "defaults::plugins_dir")]
+    pub dir: Spanned<PathBuf>,
+    /// Vendor public keys (minisign format, the `RW...` line of a `.pub` file) whose
+    /// packages may be installed and loaded.
+    #[serde(default)]
+    pub trusted_keys: Vec<Spanned<String>>,
+    /// The capabilities a package may ask for at all (`clock`, `random`, `env:NAME`); a
+    /// package asking for another is refused at install. None by default. A route must still
+    /// grant each one.
+    #[serde(default)]
+    pub allow_capabilities: Vec<Spanned<String>>,
+}
+
+impl Default for PluginsConfig {
+    fn default() -> Self {
+        PluginsConfig {
+            dir: defaults::plugins_dir(),
+            trusted_keys: Vec::new(),
+            allow_capabilities: Vec::new(),
+        }
+    }
 }
 
 /// Engine-wide settings (`[engine]`).
@@ -621,6 +653,14 @@ pub struct StepConfig {
     /// A Rhai script, relative to the config's directory.
     #[serde(default)]
     pub script: Option<Spanned<PathBuf>>,
+    /// An installed plugin package, `NAME@VERSION` (docs/packages.md): its signature and
+    /// content are checked at every load, and each capability its manifest asks for must be
+    /// granted by `grants`.
+    #[serde(default)]
+    pub plugin: Option<Spanned<String>>,
+    /// The installed package `plugin` names, found and verified at load.
+    #[serde(skip)]
+    pub package: Option<crate::package::Installed>,
     /// Settings handed to the step (strings, numbers, lists, tables).
     #[serde(default)]
     pub settings: toml::Table,
@@ -658,6 +698,9 @@ pub struct GrantsConfig {
 impl StepConfig {
     /// The step's file, resolved against the config's directory.
     pub fn file(&self, config: &Config) -> Option<PathBuf> {
+        if let Some(p) = &self.package {
+            return Some(p.component());
+        }
         let base = config.source.parent().unwrap_or(FsPath::new(""));
         self.wasm
             .as_ref()
@@ -720,6 +763,9 @@ mod defaults {
     }
     pub fn alert_check_every() -> Duration {
         Duration::from_secs(10)
+    }
+    pub fn plugins_dir() -> toml::Spanned<std::path::PathBuf> {
+        toml::Spanned::new(0..0, std::path::PathBuf::from("plugins"))
     }
     pub fn step_deadline() -> Duration {
         Duration::from_millis(100)
@@ -787,6 +833,7 @@ impl Config {
         let validator = Validator { text, file };
         validator.validate(&config)?;
         validator.load_tls(&mut config)?;
+        validator.resolve_plugins(&mut config)?;
         Ok(config)
     }
 
@@ -1160,15 +1207,13 @@ impl Validator<'_> {
             for (j, st) in rc.steps.iter().enumerate() {
                 let sc = st.get_ref();
                 let k = key(&format!("step[{j}]"));
-                match (&sc.wasm, &sc.script) {
-                    (Some(_), Some(_)) | (None, None) => {
-                        return Err(self.err(
-                            st.span(),
-                            k,
-                            "a step names exactly one of wasm = \"file.wasm\" or script = \"file.rhai\"",
-                        ));
-                    }
-                    _ => {}
+                let named = [sc.wasm.is_some(), sc.script.is_some(), sc.plugin.is_some()];
+                if named.iter().filter(|n| **n).count() != 1 {
+                    return Err(self.err(
+                        st.span(),
+                        k,
+                        "a step names exactly one of wasm = \"file.wasm\", script = \"file.rhai\" or plugin = \"NAME@VERSION\"",
+                    ));
                 }
                 if sc.deadline.is_zero() || sc.memory_bytes < 1024 * 1024 {
                     return Err(self.err(
@@ -1195,6 +1240,61 @@ impl Validator<'_> {
                 }
             }
             self.compile_route(i, r)?;
+        }
+        Ok(())
+    }
+
+    /// Finds and re-verifies every installed package a route step names, checks that the
+    /// route grants each capability its manifest asks for, and checks the step's settings
+    /// against the manifest's schema (the step loader fills in its defaults).
+    fn resolve_plugins(&self, c: &mut Config) -> Result<(), ConfigError> {
+        use crate::package;
+        let uses = c.routes.iter().any(|r| {
+            r.get_ref()
+                .steps
+                .iter()
+                .any(|s| s.get_ref().plugin.is_some())
+        });
+        if !uses {
+            return Ok(());
+        }
+        let base = c.source.parent().unwrap_or(FsPath::new("")).to_owned();
+        let dir = base.join(c.plugins.dir.get_ref());
+        let mut trusted = Vec::new();
+        for (i, k) in c.plugins.trusted_keys.iter().enumerate() {
+            trusted.push(
+                package::TrustedKey::parse(k.get_ref())
+                    .map_err(|e| self.err(k.span(), format!("plugins.trusted_keys[{i}]"), e))?,
+            );
+        }
+        for (i, r) in c.routes.iter_mut().enumerate() {
+            let rc = r.get_mut();
+            for (j, st) in rc.steps.iter_mut().enumerate() {
+                let st_span = st.span();
+                let sc = st.get_mut();
+                let Some(p) = &sc.plugin else { continue };
+                let key = |sub: &str| format!("route[{i}].step[{j}].{sub}");
+                let (name, version) = package::parse_ref(p.get_ref())
+                    .map_err(|e| self.err(p.span(), key("plugin"), e))?;
+                let installed = package::load_installed(&dir, &name, &version, &trusted)
+                    .map_err(|e| self.err(p.span(), key("plugin"), e.to_string()))?;
+                if let Err(cap) = installed.manifest.check_grants(&sc.grants) {
+                    return Err(self.err(
+                        st_span.clone(),
+                        key("grants"),
+                        format!(
+                            "plugin {} asks for the capability `{cap}`, which this route does not grant; grant it with {} if the route should give it, or use another plugin",
+                            installed.manifest.id(),
+                            cap.grant_hint()
+                        ),
+                    ));
+                }
+                installed
+                    .manifest
+                    .apply_settings(&mut sc.settings.clone())
+                    .map_err(|e| self.err(st_span.clone(), key("settings"), e))?;
+                sc.package = Some(installed);
+            }
         }
         Ok(())
     }
