@@ -2,14 +2,15 @@
 # The end-to-end benchmark in one command (docs/performance.md): in the same run, on loopback,
 #   ceiling   `courier bench` straight at `courier listen` (the acknowledging receiver);
 #   pipeline  `courier bench` at `courier run examples/clinic.toml`: after-store ACKs with
-#             fsync, WASM and Rhai steps, deliveries to four `courier listen` stand-ins;
+#             fsync, WASM and Rhai steps, deliveries to `courier listen` stand-ins (four
+#             MLLP, one HTTP for the portal webhook);
 # at 1 and 8 connections, with the server's CPU time per message and its peak memory, then
 # the pipeline/ceiling ratio.
 #
 #   bench/e2e.sh                 20,000 messages per measurement
 #   MESSAGES=5000 bench/e2e.sh   a quicker run
 #
-# Ports 27575-27589 on 127.0.0.1 are used; everything it starts is stopped at the end.
+# Ports 27575-27590 on 127.0.0.1 are used; everything it starts is stopped at the end.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -72,10 +73,13 @@ for i in 6 7 8 9; do
   mkdir -p "$work/dest$i"
   "$bin" listen --port 2758$i --out "$work/dest$i" >/dev/null 2>&1 & pids+=($!)
 done
+mkdir -p "$work/portal"
+"$bin" listen --http --port 27590 --out "$work/portal" >/dev/null 2>&1 & pids+=($!)
 sed -e 's/127.0.0.1:2575/127.0.0.1:27580/' \
     -e 's/127.0.0.1:2576/127.0.0.1:27586/' -e 's/127.0.0.1:2577/127.0.0.1:27587/' \
     -e 's/127.0.0.1:2578/127.0.0.1:27588/' -e 's/127.0.0.1:2579/127.0.0.1:27589/' \
     -e 's/127.0.0.1:8575/127.0.0.1:0/' \
+    -e 's#127.0.0.1:2580/#127.0.0.1:27590/#' \
     -e "s#\"\\.\\./target/#\"$PWD/target/#" -e "s#\"scripts/#\"$PWD/examples/scripts/#" \
     examples/clinic.toml >"$work/clinic.toml"
 COURIER_ADMIN_TOKEN=bench-token-0123456789 \

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Runs the example clinic on this machine: builds Courier and its example plugins, starts
-# stand-in EMR (2576), LIS (2577), billing (2578) and research (2579) receivers and the engine
-# on 2575 with examples/clinic.toml, then sends the four example messages through it and
-# shows where each one landed. Ctrl-C stops everything.
+# stand-in EMR (2576), LIS (2577), billing (2578) and research (2579) receivers, a stand-in
+# patient-portal webhook (HTTP, 2580) and the engine on 2575 with examples/clinic.toml, then
+# sends the four example messages through it, drops the hematology analyzer's result file in
+# examples/data/lab-drop/, and shows where each message landed. Ctrl-C stops everything.
 #
 #   examples/clinic.sh          build, run, send the examples, keep serving until Ctrl-C
 #   examples/clinic.sh --once   the same, but stop after the examples are delivered
@@ -25,7 +26,11 @@ fi
 bin=$COURIER_BIN
 data=${COURIER_DATA:-examples/data}
 rm -rf "$data"
-mkdir -p "$data/emr" "$data/lis" "$data/billing" "$data/research"
+mkdir -p "$data/emr" "$data/lis" "$data/billing" "$data/research" "$data/portal"
+# clinic.toml watches examples/data/lab-drop/ (relative to itself).
+drop=examples/data/lab-drop
+rm -rf "$drop"
+mkdir -p "$drop"
 
 # The admin API and dashboard need a token: keep the caller's, or make one for this run.
 if [ -z "${COURIER_ADMIN_TOKEN:-}" ]; then
@@ -45,6 +50,7 @@ trap 'exit 130' INT TERM
 "$bin" listen --port 2577 --out "$data/lis" >"$data/lis.log" 2>&1 & pids+=($!)
 "$bin" listen --port 2578 --out "$data/billing" >"$data/billing.log" 2>&1 & pids+=($!)
 "$bin" listen --port 2579 --out "$data/research" >"$data/research.log" 2>&1 & pids+=($!)
+"$bin" listen --http --port 2580 --out "$data/portal" >"$data/portal.log" 2>&1 & pids+=($!)
 "$bin" run examples/clinic.toml --store-dir "$data/store" > >(tee "$data/engine.log") 2>&1 & pids+=($!)
 
 # Wait for the engine to listen (up to 30 s).
@@ -58,17 +64,24 @@ echo "== Sending the example messages to the engine (127.0.0.1:2575)"
 "$bin" send examples/messages/adt_a04_sarah.hl7 examples/messages/orm_o01_labs.hl7 \
   examples/messages/oru_r01_results.hl7 examples/messages/adt_a01_admit.hl7 --to 127.0.0.1:2575
 
-# Wait for the nine deliveries: A04, ORU, A01 to the EMR; ORM to the LIS; A04, A01 to
-# billing; A04, ORU, A01 de-identified to research.
-all="$data/emr $data/lis $data/billing $data/research"
+echo
+echo "== The hematology analyzer drops a run of two results in $drop/"
+# Written under a hidden name and renamed, as a well-behaved instrument does.
+cp examples/lab-drop/hematology_run.hl7 "$drop/.hematology_run.hl7.part"
+mv "$drop/.hematology_run.hl7.part" "$drop/hematology_run.hl7"
+
+# Wait for the sixteen deliveries: A04, ORU, A01 and the two dropped ORUs to the EMR; ORM to
+# the LIS; A04, A01 to billing; A04, ORU, A01 and the dropped ORUs de-identified to research;
+# the three ORUs to the portal.
+all="$data/emr $data/lis $data/billing $data/research $data/portal"
 for _ in $(seq 300); do
   n=$(find $all -name '*.hl7' | wc -l)
-  [ "$n" -ge 9 ] && break
+  [ "$n" -ge 16 ] && break
   sleep 0.1
 done
 echo
 echo "== Delivered"
-for sys in emr lis billing research; do
+for sys in emr lis billing research portal; do
   echo "$sys:"
   for f in "$data/$sys"/*.hl7; do
     [ -e "$f" ] || continue
@@ -78,7 +91,8 @@ done
 
 if $once; then
   n=$(find $all -name '*.hl7' | wc -l)
-  [ "$n" -eq 9 ] || { echo "expected 9 deliveries, found $n" >&2; exit 1; }
+  [ "$n" -eq 16 ] || { echo "expected 16 deliveries, found $n" >&2; exit 1; }
+  [ -e "$drop/processed/hematology_run.hl7" ] || { echo "the dropped file was not moved to processed/" >&2; exit 1; }
   exit 0
 fi
 echo

@@ -39,7 +39,9 @@ use tokio_util::task::TaskTracker;
 use tracing::{Instrument, error, info, info_span, warn};
 
 use crate::admin::Paused;
-use crate::config::{AckPolicy, Config, DestinationConfig, ListenerConfig, UnroutedPolicy};
+use crate::config::{
+    AckPolicy, Config, DestinationConfig, ListenerConfig, ListenerKind, UnroutedPolicy,
+};
 use crate::destination::durable::{self, Stops, Wake};
 use crate::destination::waiters::{Finished, Waiters};
 use crate::destination::{self, Delivery, DestinationHandle};
@@ -472,6 +474,9 @@ impl ListenerRun {
         tasks: &Tasks,
         replacing: Option<SocketAddr>,
     ) -> anyhow::Result<ListenerRun> {
+        if l.kind == ListenerKind::File {
+            return Ok(Self::start_file(l, pipeline, tasks));
+        }
         let addr: SocketAddr = l.bind.get_ref().parse().context("listener bind address")?;
         let addr = match replacing {
             // `:0` picked a port before: keep it, so senders need not be told.
@@ -527,17 +532,72 @@ impl ListenerRun {
         let token = stop.clone();
         let name = l.name.clone();
         let handler = intake.clone();
-        tasks.listeners.spawn(async move {
-            if let Err(e) = courier_mllp::serve(socket, settings, handler, token).await {
-                warn!(listener = %name, error = %e, "listener stopped with an error");
-            }
-        });
+        if l.kind == ListenerKind::Http {
+            let options = l.parse_options();
+            tasks.listeners.spawn(async move {
+                if let Err(e) =
+                    crate::connectors::http_in::serve(socket, settings, options, handler, token)
+                        .await
+                {
+                    warn!(listener = %name, error = %e, "listener stopped with an error");
+                }
+            });
+        } else {
+            tasks.listeners.spawn(async move {
+                if let Err(e) = courier_mllp::serve(socket, settings, handler, token).await {
+                    warn!(listener = %name, error = %e, "listener stopped with an error");
+                }
+            });
+        }
         Ok(ListenerRun {
             config: l.clone(),
             addr: local,
             intake,
             stop,
         })
+    }
+
+    /// A file listener: a task watching its directory (see `connectors::file_in`).
+    fn start_file(l: &ListenerConfig, pipeline: &Arc<Pipeline>, tasks: &Tasks) -> ListenerRun {
+        let intake = Arc::new(Intake {
+            listener: l.name.as_str().into(),
+            settings: ArcSwap::from_pointee(IntakeSettings::of(l)),
+            pipeline: pipeline.clone(),
+            ack_ids: tasks.ack_ids.clone(),
+            shutdown: tasks.shutdown.clone(),
+        });
+        let stop = tasks.shutdown.child_token();
+        // The config refuses a file listener without the store.
+        if let Output::Durable { store, .. } = &pipeline.output {
+            let settings = crate::connectors::file_in::FileSourceSettings {
+                name: l.name.clone(),
+                directory: l
+                    .directory
+                    .as_ref()
+                    .map(|d| d.get_ref().clone())
+                    .unwrap_or_default(),
+                pattern: l
+                    .pattern
+                    .as_ref()
+                    .map_or("*".to_owned(), |p| p.get_ref().clone()),
+                settle: l.settle(),
+                poll: l.poll_interval(),
+                options: l.parse_options(),
+                max_bytes: l.max_frame_size as u64,
+            };
+            tasks.listeners.spawn(crate::connectors::file_in::run(
+                settings,
+                intake.clone(),
+                store.clone(),
+                stop.clone(),
+            ));
+        }
+        ListenerRun {
+            config: l.clone(),
+            addr: SocketAddr::from(([0, 0, 0, 0], 0)),
+            intake,
+            stop,
+        }
     }
 
     /// Does a change from `self` to `new` need a new socket (rather than new settings)?
@@ -547,6 +607,10 @@ impl ListenerRun {
     /// rebind: new handshakes pick it up by themselves.
     fn needs_rebind(&self, new: &ListenerConfig) -> bool {
         let old = &self.config;
+        if old.kind != ListenerKind::Mllp || new.kind != ListenerKind::Mllp {
+            // HTTP and file listeners start again on any change of their own settings.
+            return old != new;
+        }
         old.bind != new.bind
             || old.max_connections != new.max_connections
             || old.max_connections_per_ip != new.max_connections_per_ip
@@ -624,7 +688,11 @@ impl Live {
                     .with_context(|| format!("destination {}: order_key", d.name))?;
             }
         }
-        for l in &config.listeners {
+        for l in config
+            .listeners
+            .iter()
+            .filter(|l| l.get_ref().kind != ListenerKind::File)
+        {
             let _: SocketAddr = l
                 .get_ref()
                 .bind
@@ -1025,6 +1093,9 @@ pub fn hl7_now() -> String {
     chrono::Local::now().format("%Y%m%d%H%M%S%z").to_string()
 }
 
+/// The ERR text of the AE answered when the store cannot take a message.
+pub(crate) const NOT_STORED: &str = "the message could not be stored; resend it later";
+
 /// One listener's message handling.
 struct Intake {
     listener: Arc<str>,
@@ -1369,7 +1440,7 @@ impl Intake {
                         AckError {
                             code: ErrorCode::ApplicationInternalError,
                             location: None,
-                            text: "the message could not be stored; resend it later".into(),
+                            text: NOT_STORED.into(),
                             severity: Severity::Error,
                         },
                     ),
@@ -1424,7 +1495,10 @@ impl Intake {
         };
         let finished: Vec<Finished> = results.into_iter().filter_map(Result::ok).collect();
         // Pass-through: one destination's own answer, accept or reject, goes back as it is.
-        if let [Finished::Delivered(ack) | Finished::Failed(Some(ack))] = finished.as_slice() {
+        // Only an HL7 ACK is relayed: a file or HTTP destination's record of its outcome is not.
+        if let [Finished::Delivered(ack) | Finished::Failed(Some(ack))] = finished.as_slice()
+            && ack.starts_with(b"MSH")
+        {
             return Answer::Relay(ack.clone());
         }
         if finished.len() == ids.len()

@@ -247,6 +247,80 @@ fn parse_prints_values_at_paths() {
     assert!(v.to_string().contains("Johnson"));
 }
 
+/// The lab drop and the portal webhook: the analyzer's batch file (two ORUs) dropped in the
+/// clinic's folder reaches the EMR with LOINC codes and the portal as JSON (the stand-in
+/// writes it back as ER7), and the file moves to processed/.
+#[test]
+fn clinic_lab_drop_feeds_the_chart_and_the_portal_webhook() {
+    build_plugins();
+    let tmp = tempfile::tempdir().unwrap();
+    let names = ["emr", "lis", "billing", "research", "portal"];
+    let dirs: Vec<_> = names.iter().map(|n| tmp.path().join(n)).collect();
+    let standins: Vec<_> = names
+        .iter()
+        .zip(&dirs)
+        .map(|(n, d)| {
+            let extra: &[&str] = if *n == "portal" { &["--http"] } else { &[] };
+            standin(n, d, 0, extra)
+        })
+        .collect();
+    let addrs = [0, 1, 2, 3].map(|i| standins[i].1);
+    let config = clinic_config(addrs);
+    // clinic_config closed the portal's port: point it at the stand-in instead.
+    let portal_url = with_portal_at(&config, standins[4].1);
+    let (engine, _) = start_engine(tmp.path(), &portal_url, "clinic");
+    engine.wait_line(Duration::from_secs(60), |l| {
+        (l.contains("\"watching\"") && l.contains("lab-drop")).then_some(())
+    });
+
+    let drop = tmp.path().join("data/lab-drop");
+    let run = std::fs::read(repo().join("examples/lab-drop/hematology_run.hl7")).unwrap();
+    std::fs::write(drop.join(".run.part"), &run).unwrap();
+    std::fs::rename(drop.join(".run.part"), drop.join("hematology_run.hl7")).unwrap();
+
+    let emr = wait_files(&dirs[0], 2, Duration::from_secs(60));
+    assert_eq!(field(&emr[0], "MSH", 10), "LIS20261124160510601");
+    assert_eq!(field(&emr[1], "MSH", 10), "LIS20261124160512602");
+    assert!(
+        field(&emr[0], "OBX", 3).starts_with("718-7^"),
+        "HGB as LOINC"
+    );
+    let portal = wait_files(&dirs[4], 2, Duration::from_secs(60));
+    assert_eq!(field(&portal[0], "MSH", 10), "LIS20261124160510601");
+    assert_eq!(
+        portal[0], emr[0],
+        "the portal gets the same mapped result, via JSON"
+    );
+    assert!(
+        field(&portal[1], "OBX", 3).starts_with("6690-2^"),
+        "WBC as LOINC"
+    );
+    wait_for("the run in processed/", Duration::from_secs(60), || {
+        drop.join("processed/hematology_run.hl7").exists()
+    });
+    assert!(
+        std::fs::read_dir(drop.join("error"))
+            .unwrap()
+            .next()
+            .is_none()
+    );
+}
+
+/// The config with the portal webhook's URL at `addr`.
+fn with_portal_at(config: &str, addr: std::net::SocketAddr) -> String {
+    config
+        .lines()
+        .map(|l| {
+            if l.starts_with("url = \"http://127.0.0.1:") {
+                format!("url = \"http://{addr}/hl7\"")
+            } else {
+                l.to_owned()
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
 /// The README's run command: examples/clinic.sh (here with `--once`, the binary under test
 /// and a temporary data directory) runs the clinic on its real ports and delivers the six
 /// copies of the four example messages.
@@ -266,7 +340,7 @@ fn readme_clinic_script_runs_the_clinic() {
     eprintln!("{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
     assert!(out.status.success());
     assert_eq!(stdout.matches("\tAA").count(), 4, "four AA ACKs");
-    for sys in ["emr", "lis", "billing", "research"] {
+    for sys in ["emr", "lis", "billing", "research", "portal"] {
         assert!(
             tmp.path().join(sys).read_dir().unwrap().count() > 0,
             "{sys}"

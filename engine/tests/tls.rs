@@ -213,3 +213,74 @@ allow = ["10.20.0.0/16"]
     });
     assert!(!engine.stderr_text().contains("OUTSIDE1"));
 }
+
+/// HTTPS both ways: an engine's HTTP destination posts over mutual TLS to another engine's
+/// HTTPS listener, which files the message.
+#[test]
+fn https_destination_to_https_listener_with_mutual_tls() {
+    let tmp = tempfile::tempdir().unwrap();
+    let certs = tmp.path().join("certs");
+    std::fs::create_dir_all(&certs).unwrap();
+    let ca = Ca::new(&certs);
+    ca.issue(&certs, "portal", &["portal.riverside.test"]);
+    ca.issue(&certs, "courier", &["courier.riverside.test"]);
+    let cert = |name: &str| certs.join(name).to_str().unwrap().to_owned();
+    let (a, b) = (tmp.path().join("a"), tmp.path().join("b"));
+    std::fs::create_dir_all(&a).unwrap();
+    std::fs::create_dir_all(&b).unwrap();
+    let out = b.join("out");
+
+    let portal = format!(
+        r#"
+[[listener]]
+name = "web"
+kind = "http"
+bind = "127.0.0.1:0"
+tls = {{ cert = "{}", key = "{}", client_ca = "{}" }}
+
+[[destination]]
+name = "drop"
+kind = "file"
+directory = "out"
+name_pattern = "{{control_id}}.hl7"
+
+[[route]]
+name = "all"
+destinations = ["drop"]
+"#,
+        cert("portal.pem"),
+        cert("portal.key"),
+        cert("ca.pem")
+    );
+    let (_portal, portal_addr) = start_engine(&b, &portal, "web");
+    let sender = format!(
+        r#"
+[[listener]]
+name = "in"
+bind = "127.0.0.1:0"
+
+[[destination]]
+name = "portal"
+kind = "http"
+url = "https://127.0.0.1:{}/hl7"
+tls = {{ ca = "{}", cert = "{}", key = "{}", server_name = "portal.riverside.test" }}
+retry = {{ initial = "100ms", max = "500ms" }}
+
+[[route]]
+name = "all"
+destinations = ["portal"]
+"#,
+        portal_addr.port(),
+        cert("ca.pem"),
+        cert("courier.pem"),
+        cert("courier.key")
+    );
+    let (sender, addr) = start_engine(&a, &sender, "in");
+    let ack = Mllp::connect(addr).request(&adt("TLS0001"));
+    assert_eq!(field(&ack, "MSA", 1), "AA");
+    let files = wait_files(&out, 1, Duration::from_secs(60));
+    assert_eq!(files[0], adt("TLS0001"));
+    sender.wait_line(Duration::from_secs(60), |l| {
+        l.contains("\"delivered\"").then_some(())
+    });
+}

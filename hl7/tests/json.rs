@@ -22,6 +22,27 @@ fn examples_round_trip_byte_for_byte() {
     }
 }
 
+/// The messages inside the example lab drop's batch file round-trip too.
+#[test]
+fn lab_drop_batch_messages_round_trip_byte_for_byte() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/lab-drop");
+    let mut seen = 0;
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let bytes = Bytes::from(std::fs::read(entry.unwrap().path()).unwrap());
+        let batch = courier_hl7::split_messages(bytes, &Default::default()).unwrap();
+        for m in batch.messages {
+            let parsed = Message::parse(m.clone()).unwrap();
+            assert_eq!(from_json(&to_json(&parsed)).unwrap().encode(), m);
+            seen += 1;
+        }
+    }
+    assert!(
+        seen >= 2,
+        "lab-drop examples not found in {}",
+        dir.display()
+    );
+}
+
 #[test]
 fn example_shape() {
     let (_, bytes) = common::examples()

@@ -116,7 +116,13 @@ pub(super) async fn status(State(admin): Shared) -> Response {
         "store_bytes": store_bytes,
         "listeners": config.listeners.iter().map(|l| {
             let l = l.get_ref();
-            json!({ "name": l.name, "bind": l.bind.get_ref(), "ack_policy": format!("{:?}", l.ack_policy) })
+            json!({
+                "name": l.name,
+                "kind": format!("{:?}", l.kind).to_lowercase(),
+                "bind": l.bind.get_ref(),
+                "directory": l.directory.as_ref().map(|d| d.get_ref().display().to_string()),
+                "ack_policy": format!("{:?}", l.ack_policy),
+            })
         }).collect::<Vec<_>>(),
     }))
     .into_response()
@@ -179,7 +185,8 @@ pub(super) async fn destinations(State(admin): Shared) -> Response {
             };
             json!({
                 "name": d.name,
-                "address": d.address.get_ref(),
+                "address": d.target(),
+                "kind": format!("{:?}", d.kind).to_lowercase(),
                 "ordering": format!("{:?}", d.ordering),
                 "paused": admin.engine.paused().is_paused(&d.name),
                 "queued": queued,

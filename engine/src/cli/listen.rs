@@ -34,11 +34,21 @@ pub struct TlsArgs {
     tls_client_ca: Option<PathBuf>,
 }
 
+/// What `courier listen` speaks and how it answers.
+#[derive(Debug, Clone, Copy)]
+pub struct Mode {
+    /// HTTP POSTs instead of MLLP.
+    pub http: bool,
+    /// Fail the first N messages (503 / AE).
+    pub fail_first: u64,
+}
+
 /// Serves until SIGINT/SIGTERM.
 pub fn listen(
     addr: SocketAddr,
     out: Option<PathBuf>,
     ack: &str,
+    mode: Mode,
     tls: &TlsArgs,
 ) -> anyhow::Result<ExitCode> {
     let tls = match (&tls.tls_cert, &tls.tls_key) {
@@ -78,7 +88,13 @@ pub fn listen(
             out,
             code,
             seq: AtomicU64::new(0),
+            fail_first: mode.fail_first,
+            failed: AtomicU64::new(0),
         });
+        if mode.http {
+            serve_http(socket, tls, receiver, token).await;
+            return Ok(ExitCode::SUCCESS);
+        }
         let settings = ListenerSettings {
             max_connections: 64,
             idle_timeout: std::time::Duration::from_secs(3600),
@@ -94,6 +110,9 @@ struct Receiver {
     out: Option<PathBuf>,
     code: AckCode,
     seq: AtomicU64,
+    /// Fail this many messages first.
+    fail_first: u64,
+    failed: AtomicU64,
 }
 
 impl Handler for Receiver {
@@ -116,8 +135,17 @@ impl Handler for Receiver {
                 ));
             }
         };
-        let seq = self.seq.fetch_add(1, Ordering::SeqCst) + 1;
         let control_id = msg.control_id().unwrap_or_default();
+        if self.should_fail() {
+            println!(
+                "--- failing {} {control_id} from {} as asked (--fail-first)",
+                msg.message_type(),
+                peer.peer
+            );
+            let _ = std::io::stdout().flush();
+            return Some(self.reply(&msg, AckCode::AE, Some("stand-in failing as asked")));
+        }
+        let seq = self.seq.fetch_add(1, Ordering::SeqCst) + 1;
         let header = format!(
             "--- #{seq} {} {control_id} from {} ({} bytes)",
             msg.message_type(),
@@ -152,6 +180,15 @@ impl Handler for Receiver {
 }
 
 impl Receiver {
+    /// Counts one failure off `--fail-first`, if any are left.
+    fn should_fail(&self) -> bool {
+        self.failed
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| {
+                (n < self.fail_first).then_some(n + 1)
+            })
+            .is_ok()
+    }
+
     fn ack_id(&self) -> String {
         format!("LSN{}", self.seq.load(Ordering::SeqCst))
     }
@@ -198,4 +235,107 @@ fn write_atomically(dir: &std::path::Path, name: &str, data: &[u8]) -> std::io::
     let tmp = dir.join(format!(".{name}.tmp"));
     std::fs::write(&tmp, data)?;
     std::fs::rename(&tmp, dir.join(name))
+}
+
+/// `--http`: each POST's body (ER7, or JSON with a JSON `Content-Type`) is handled like an
+/// MLLP frame; the ACK comes back with 200 (AA), 400 (AR) or 500 (AE), or 503 while
+/// `--fail-first` lasts.
+async fn serve_http(
+    socket: tokio::net::TcpListener,
+    tls: Option<ServerTls>,
+    receiver: Arc<Receiver>,
+    token: CancellationToken,
+) {
+    use http_body_util::{BodyExt, Full};
+    use hyper::{Response, StatusCode};
+
+    let tracker = tokio_util::task::TaskTracker::new();
+    loop {
+        let (stream, peer) = tokio::select! {
+            () = token.cancelled() => break,
+            a = socket.accept() => match a {
+                Ok(a) => a,
+                Err(_) => continue,
+            },
+        };
+        let receiver = receiver.clone();
+        let tls = tls.clone();
+        tracker.spawn(async move {
+            let service =
+                hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+                    let receiver = receiver.clone();
+                    async move {
+                        let json = req
+                            .headers()
+                            .get(hyper::header::CONTENT_TYPE)
+                            .and_then(|v| v.to_str().ok())
+                            .is_some_and(|v| v.contains("json"));
+                        let body = req
+                            .into_body()
+                            .collect()
+                            .await
+                            .map(|b| b.to_bytes())
+                            .unwrap_or_default();
+                        let frame = if json {
+                            match serde_json::from_slice(&body)
+                                .map_err(|e| e.to_string())
+                                .and_then(|v| courier_hl7::from_json(&v).map_err(|e| e.to_string()))
+                            {
+                                Ok(m) => m.encode(),
+                                Err(e) => {
+                                    println!("--- unreadable JSON from {peer}: {e}");
+                                    let mut r = Response::new(Full::new(Bytes::from(format!(
+                                        "not an HL7 message in JSON: {e}\n"
+                                    ))));
+                                    *r.status_mut() = StatusCode::BAD_REQUEST;
+                                    return Ok::<_, std::convert::Infallible>(r);
+                                }
+                            }
+                        } else {
+                            body
+                        };
+                        let info = PeerInfo {
+                            listener: "listen".into(),
+                            peer,
+                            connection_id: 0,
+                        };
+                        let failing = receiver.failed.load(Ordering::SeqCst) < receiver.fail_first;
+                        let ack = receiver.handle(frame, &info).await.unwrap_or_default();
+                        let status = if failing {
+                            StatusCode::SERVICE_UNAVAILABLE
+                        } else {
+                            match courier_hl7::ReceivedAck::parse(&ack).map(|a| a.code) {
+                                Ok(AckCode::AA | AckCode::CA) => StatusCode::OK,
+                                Ok(AckCode::AR | AckCode::CR) => StatusCode::BAD_REQUEST,
+                                _ => StatusCode::INTERNAL_SERVER_ERROR,
+                            }
+                        };
+                        let mut r = Response::new(Full::new(ack));
+                        *r.status_mut() = status;
+                        Ok(r)
+                    }
+                });
+            let builder = hyper::server::conn::http1::Builder::new();
+            let _ = match tls {
+                Some(tls) => match tokio_rustls::TlsAcceptor::from(tls.config())
+                    .accept(stream)
+                    .await
+                {
+                    Ok(s) => {
+                        builder
+                            .serve_connection(hyper_util::rt::TokioIo::new(s), service)
+                            .await
+                    }
+                    Err(_) => Ok(()),
+                },
+                None => {
+                    builder
+                        .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                        .await
+                }
+            };
+        });
+    }
+    tracker.close();
+    tracker.wait().await;
 }

@@ -139,6 +139,13 @@ enum Command {
         /// ACK code to answer with (AE or AR to test a sender's error handling).
         #[arg(long, default_value = "AA", value_parser = ["AA", "AE", "AR"])]
         ack: String,
+        /// Receive HTTP POSTs (ER7 or JSON bodies) instead of MLLP: a stand-in webhook.
+        #[arg(long)]
+        http: bool,
+        /// Answer the first N messages with a failure (HTTP 503, or AE over MLLP) before
+        /// accepting, to watch a sender retry.
+        #[arg(long, value_name = "N", default_value_t = 0)]
+        fail_first: u64,
         #[command(flatten)]
         tls: listen::TlsArgs,
     },
@@ -184,8 +191,16 @@ pub fn main() -> ExitCode {
             bind,
             out,
             ack,
+            http,
+            fail_first,
             tls,
-        } => listen::listen(std::net::SocketAddr::new(bind, port), out, &ack, &tls),
+        } => listen::listen(
+            std::net::SocketAddr::new(bind, port),
+            out,
+            &ack,
+            listen::Mode { http, fail_first },
+            &tls,
+        ),
     };
     match result {
         Ok(code) => code,

@@ -367,14 +367,34 @@ pub enum OrderingConfig {
     ByKey,
 }
 
-/// An MLLP listener (`[[listener]]`).
+/// A listener (`[[listener]]`): MLLP (the default), HTTP or a watched directory.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ListenerConfig {
     /// Unique name, used by routes and in logs.
     pub name: String,
-    /// Address to bind, e.g. `127.0.0.1:2575` (`:0` picks a free port).
+    /// How messages arrive: `mllp` (default), `http` (POST, ER7 or JSON body, the ACK in the
+    /// response) or `file` (files dropped in `directory`). See docs/connectors.md.
+    #[serde(default)]
+    pub kind: ListenerKind,
+    /// Address to bind, e.g. `127.0.0.1:2575` (`:0` picks a free port); `mllp` and `http`.
+    #[serde(default = "defaults::unset")]
     pub bind: Spanned<String>,
+    /// `file`: the directory watched for new files; relative to the config's directory.
+    /// Picked-up files move to its `processed/` or `error/` subdirectory.
+    #[serde(default)]
+    pub directory: Option<Spanned<PathBuf>>,
+    /// `file`: which file names are picked up (`*` and `?` wildcards). Default `*`; names
+    /// starting with `.` are never picked up (writers' temporary files).
+    #[serde(default)]
+    pub pattern: Option<Spanned<String>>,
+    /// `file`: a file is picked up once its size and modification time have not changed for
+    /// this long (it is then taken to be completely written). Default 1s.
+    #[serde(default, with = "humantime_serde")]
+    pub settle: Option<Duration>,
+    /// `file`: how often the directory is scanned. Default 500ms.
+    #[serde(default, with = "humantime_serde")]
+    pub poll_interval: Option<Duration>,
     /// Connections served at once. When full, a new connection evicts the one that has gone
     /// longest without completing a frame (never one handling a message); if every
     /// connection is handling one, the new connection is closed.
@@ -388,7 +408,8 @@ pub struct ListenerConfig {
     /// (`127.0.0.1`, `::1`). Anyone else is closed right after accept. Absent = anyone.
     #[serde(default)]
     pub allow: Option<Vec<Spanned<String>>>,
-    /// Serve MLLP over TLS (`tls = { cert, key, client_ca }`); with `client_ca`, mutual TLS.
+    /// Serve MLLP (or HTTP: HTTPS) over TLS (`tls = { cert, key, client_ca }`); with
+    /// `client_ca`, mutual TLS.
     #[serde(default)]
     pub tls: Option<Spanned<ListenerTlsConfig>>,
     /// A connection that sends nothing for this long is closed.
@@ -439,6 +460,31 @@ pub struct ListenerConfig {
     /// The `allow` entries, parsed at load.
     #[serde(skip)]
     pub allow_parsed: Vec<courier_mllp::IpNet>,
+}
+
+/// Listener transports.
+#[derive(Debug, Default, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum ListenerKind {
+    /// HL7 over MLLP (optionally TLS).
+    #[default]
+    Mllp,
+    /// HL7 (ER7 or JSON) in HTTP POST bodies; the ACK is the response.
+    Http,
+    /// Files dropped in a directory.
+    File,
+}
+
+impl ListenerConfig {
+    /// `file`: the settle interval.
+    pub fn settle(&self) -> Duration {
+        self.settle.unwrap_or(Duration::from_secs(1))
+    }
+
+    /// `file`: the scan interval.
+    pub fn poll_interval(&self) -> Duration {
+        self.poll_interval.unwrap_or(Duration::from_millis(500))
+    }
 }
 
 /// A listener's TLS (`tls = { ... }`). Paths are relative to the config file's directory.
@@ -526,11 +572,30 @@ pub enum UnroutedPolicy {
 pub struct DestinationConfig {
     /// Unique name, used by routes and in logs.
     pub name: String,
-    /// Transport: only `mllp` for now.
+    /// Transport: `mllp` (default), `file` or `http`. See docs/connectors.md.
     #[serde(default)]
     pub kind: DestinationKind,
-    /// `host:port` of the receiving system.
+    /// `mllp`: `host:port` of the receiving system.
+    #[serde(default = "defaults::unset")]
     pub address: Spanned<String>,
+    /// `file`: the directory each message is written to; relative to the config's directory.
+    #[serde(default)]
+    pub directory: Option<Spanned<PathBuf>>,
+    /// `file`: the file name for each message, from `{control_id}`, `{message_type}`,
+    /// `{timestamp}` (UTC, `YYYYMMDDhhmmss`), `{millis}` and `{delivery}` (a number unique
+    /// per attempt). Default `{timestamp}_{control_id}.hl7`.
+    #[serde(default)]
+    pub name_pattern: Option<Spanned<String>>,
+    /// `http`: the URL each message is POSTed to (`http://` or `https://`; https needs `tls`).
+    #[serde(default)]
+    pub url: Option<Spanned<String>>,
+    /// `http`: extra request headers, e.g. `{ Authorization = "Bearer ..." }`. Their values
+    /// never appear in logs or debug output.
+    #[serde(default)]
+    pub headers: Option<Spanned<std::collections::BTreeMap<String, Secret>>>,
+    /// `file` and `http`: `er7` (default) or `json` (the shape of docs/json.md).
+    #[serde(default)]
+    pub format: Option<Spanned<PayloadFormat>>,
     /// How long to wait for the receiver's ACK before retrying.
     #[serde(default = "defaults::ack_timeout", with = "humantime_serde")]
     pub ack_timeout: Duration,
@@ -580,6 +645,49 @@ pub enum DestinationKind {
     /// HL7 over MLLP, waiting for each ACK.
     #[default]
     Mllp,
+    /// One file per message in a directory.
+    File,
+    /// An HTTP POST per message.
+    Http,
+}
+
+/// How a message is written by a file or HTTP destination.
+#[derive(Debug, Default, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum PayloadFormat {
+    /// The message as it is (HL7 ER7).
+    #[default]
+    Er7,
+    /// The JSON shape of docs/json.md.
+    Json,
+}
+
+impl DestinationConfig {
+    /// What the destination delivers to, for logs and the admin API: the address, the URL or
+    /// the directory.
+    pub fn target(&self) -> String {
+        match self.kind {
+            DestinationKind::Mllp => self.address.get_ref().clone(),
+            DestinationKind::Http => self
+                .url
+                .as_ref()
+                .map(|u| u.get_ref().clone())
+                .unwrap_or_default(),
+            DestinationKind::File => self
+                .directory
+                .as_ref()
+                .map(|d| d.get_ref().display().to_string())
+                .unwrap_or_default(),
+        }
+    }
+
+    /// `file`/`http`: the payload format.
+    pub fn payload_format(&self) -> PayloadFormat {
+        self.format
+            .as_ref()
+            .map(|f| *f.get_ref())
+            .unwrap_or_default()
+    }
 }
 
 /// Exponential backoff (`retry = { ... }`).
@@ -716,6 +824,10 @@ const MIN_MAX_FIELDS: usize = 25;
 mod defaults {
     use std::time::Duration;
 
+    /// A key that was not given (checked per kind at load).
+    pub fn unset() -> toml::Spanned<String> {
+        toml::Spanned::new(0..0, String::new())
+    }
     pub fn shutdown_grace() -> Duration {
         Duration::from_secs(10)
     }
@@ -933,6 +1045,203 @@ impl Validator<'_> {
     }
 }
 
+impl Validator<'_> {
+    /// The keys of a listener's kind are there, and no other kind's.
+    fn validate_listener_kind(
+        &self,
+        c: &Config,
+        i: usize,
+        l: &Spanned<ListenerConfig>,
+    ) -> Result<(), ConfigError> {
+        let lc = l.get_ref();
+        let key = |k: &str| format!("listener[{i}].{k}");
+        let kind = match lc.kind {
+            ListenerKind::Mllp => "mllp",
+            ListenerKind::Http => "http",
+            ListenerKind::File => "file",
+        };
+        let only_file = [
+            ("directory", lc.directory.is_some()),
+            ("pattern", lc.pattern.is_some()),
+            ("settle", lc.settle.is_some()),
+            ("poll_interval", lc.poll_interval.is_some()),
+        ];
+        if lc.kind != ListenerKind::File
+            && let Some((k, _)) = only_file.iter().find(|(_, set)| *set)
+        {
+            return Err(self.err(
+                    l.span(),
+                    key(k),
+                    format!("`{k}` applies to file listeners (kind = \"file\"); this one is kind = \"{kind}\""),
+                ));
+        }
+        if lc.kind != ListenerKind::Mllp && lc.mllp_release != 1 {
+            return Err(self.err(
+                l.span(),
+                key("mllp_release"),
+                format!("applies to MLLP listeners; this one is kind = \"{kind}\""),
+            ));
+        }
+        if lc.kind == ListenerKind::File {
+            if !lc.bind.get_ref().is_empty() {
+                return Err(self.err(
+                    lc.bind.span(),
+                    key("bind"),
+                    "a file listener binds no address; it watches `directory`",
+                ));
+            }
+            if lc.tls.is_some() {
+                return Err(self.err(l.span(), key("tls"), "a file listener has no TLS"));
+            }
+            if lc.allow.is_some() {
+                return Err(self.err(
+                    l.span(),
+                    key("allow"),
+                    "a file listener has no peers to allow",
+                ));
+            }
+            if lc.directory.is_none() {
+                return Err(self.err(
+                    l.span(),
+                    key("directory"),
+                    "a file listener needs directory = \"path/to/inbox\"",
+                ));
+            }
+            if !c.store.enabled {
+                return Err(self.err(
+                    l.span(),
+                    key("kind"),
+                    "a file listener moves each file away once its messages are stored, so it needs the store ([store] enabled = true)",
+                ));
+            }
+            if lc.ack_policy == AckPolicy::AfterDelivery {
+                return Err(self.err(
+                    l.span(),
+                    key("ack_policy"),
+                    "a file has no sender waiting for the destinations' answer; use \"after-store\" or \"after-processing\"",
+                ));
+            }
+            if lc.settle().is_zero() || lc.poll_interval().is_zero() {
+                return Err(self.err(
+                    l.span(),
+                    key("settle"),
+                    "settle and poll_interval must be greater than 0",
+                ));
+            }
+            if let Some(p) = &lc.pattern
+                && p.get_ref().trim().is_empty()
+            {
+                return Err(self.err(
+                    p.span(),
+                    key("pattern"),
+                    "must not be empty (use \"*\" for every file)",
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// The keys of a destination's kind are there, and no other kind's.
+    fn validate_destination_kind(
+        &self,
+        i: usize,
+        d: &Spanned<DestinationConfig>,
+    ) -> Result<(), ConfigError> {
+        let dc = d.get_ref();
+        let key = |k: &str| format!("destination[{i}].{k}");
+        let (kind, allowed): (&str, &[&str]) = match dc.kind {
+            DestinationKind::Mllp => ("mllp", &["address"]),
+            DestinationKind::File => ("file", &["directory", "name_pattern", "format"]),
+            DestinationKind::Http => ("http", &["url", "headers", "format"]),
+        };
+        let present = [
+            ("address", !dc.address.get_ref().is_empty()),
+            ("directory", dc.directory.is_some()),
+            ("name_pattern", dc.name_pattern.is_some()),
+            ("url", dc.url.is_some()),
+            ("headers", dc.headers.is_some()),
+            ("format", dc.format.is_some()),
+        ];
+        for (k, set) in present {
+            if set && !allowed.contains(&k) {
+                return Err(self.err(
+                    d.span(),
+                    key(k),
+                    format!("`{k}` does not apply to a destination of kind = \"{kind}\""),
+                ));
+            }
+        }
+        if dc.kind != DestinationKind::Mllp && dc.mllp_release != 1 {
+            return Err(self.err(
+                d.span(),
+                key("mllp_release"),
+                format!("applies to MLLP destinations; this one is kind = \"{kind}\""),
+            ));
+        }
+        match dc.kind {
+            DestinationKind::Mllp => {}
+            DestinationKind::File => {
+                if dc.directory.is_none() {
+                    return Err(self.err(
+                        d.span(),
+                        key("directory"),
+                        "a file destination needs directory = \"path/to/outbox\"",
+                    ));
+                }
+                if dc.tls.is_some() {
+                    return Err(self.err(d.span(), key("tls"), "a file destination has no TLS"));
+                }
+                if let Some(p) = &dc.name_pattern
+                    && let Err(m) = crate::connectors::file_out::check_pattern(p.get_ref())
+                {
+                    return Err(self.err(p.span(), key("name_pattern"), m));
+                }
+            }
+            DestinationKind::Http => {
+                let Some(url) = &dc.url else {
+                    return Err(self.err(
+                        d.span(),
+                        key("url"),
+                        "an http destination needs url = \"http://host:port/path\"",
+                    ));
+                };
+                match crate::connectors::http_out::parse_url(url.get_ref()) {
+                    Err(m) => return Err(self.err(url.span(), key("url"), m)),
+                    Ok(u) if u.https && dc.tls.is_none() => {
+                        return Err(self.err(
+                            url.span(),
+                            key("url"),
+                            "an https:// URL needs tls = { ca = \"ca.pem\" } (the CA the server's certificate chains to)",
+                        ));
+                    }
+                    Ok(u) if !u.https && dc.tls.is_some() => {
+                        return Err(self.err(
+                            url.span(),
+                            key("url"),
+                            "tls is set but the URL is http://; use https://",
+                        ));
+                    }
+                    Ok(_) => {}
+                }
+                if let Some(h) = &dc.headers {
+                    for (name, value) in h.get_ref() {
+                        if hyper::header::HeaderName::from_bytes(name.as_bytes()).is_err()
+                            || hyper::header::HeaderValue::from_str(&value.0).is_err()
+                        {
+                            return Err(self.err(
+                                h.span(),
+                                key(&format!("headers.{name}")),
+                                "not a valid HTTP header name and value",
+                            ));
+                        }
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
 struct Validator<'a> {
     text: &'a str,
     file: &'a FsPath,
@@ -988,10 +1297,17 @@ impl Validator<'_> {
                     format!("duplicate listener name `{}`", l.get_ref().name),
                 ));
             }
+            self.validate_listener_kind(c, i, l)?;
             let bind = &l.get_ref().bind;
-            if bind.get_ref().parse::<SocketAddr>().is_err() {
+            if l.get_ref().kind != ListenerKind::File
+                && bind.get_ref().parse::<SocketAddr>().is_err()
+            {
                 return Err(self.err(
-                    bind.span(),
+                    if bind.span().is_empty() {
+                        l.span()
+                    } else {
+                        bind.span()
+                    },
                     key("bind"),
                     format!(
                         "`{}` is not an IP address and port, e.g. 127.0.0.1:2575",
@@ -1104,9 +1420,14 @@ impl Validator<'_> {
                     format!("duplicate destination name `{}`", dc.name),
                 ));
             }
-            if !valid_host_port(dc.address.get_ref()) {
+            self.validate_destination_kind(i, d)?;
+            if dc.kind == DestinationKind::Mllp && !valid_host_port(dc.address.get_ref()) {
                 return Err(self.err(
-                    dc.address.span(),
+                    if dc.address.span().is_empty() {
+                        d.span()
+                    } else {
+                        dc.address.span()
+                    },
                     key("address"),
                     format!(
                         "`{}` is not host:port, e.g. 127.0.0.1:2576",
@@ -1332,8 +1653,13 @@ impl Validator<'_> {
             .map_err(|e| self.tls_err(&format!("listener[{i}].tls"), table, &keys, &e))?;
             l.tls_loaded = Some(loaded);
         }
+        for l in c.listeners.iter_mut() {
+            let l = l.get_mut();
+            l.directory = l.directory.as_ref().map(resolve);
+        }
         for (i, d) in c.destinations.iter_mut().enumerate() {
             let d = d.get_mut();
+            d.directory = d.directory.as_ref().map(resolve);
             let Some(tls) = &mut d.tls else { continue };
             let table = tls.span();
             let t = tls.get_mut();
@@ -1365,11 +1691,21 @@ impl Validator<'_> {
                 }
                 self.tls_err(&prefix, table.clone(), &keys, &e)
             })?;
-            // Without `server_name`, the address's host is the name: check it now.
-            if let Err(e) = loaded.server_name_for(d.address.get_ref()) {
+            // Without `server_name`, the address's (or URL's) host is the name: check it now.
+            let (target, span, k) = match (&d.kind, &d.url) {
+                (DestinationKind::Http, Some(u)) => (
+                    crate::connectors::http_out::parse_url(u.get_ref())
+                        .map(|u| u.host_port())
+                        .unwrap_or_default(),
+                    u.span(),
+                    "url",
+                ),
+                _ => (d.address.get_ref().clone(), d.address.span(), "address"),
+            };
+            if let Err(e) = loaded.server_name_for(&target) {
                 return Err(self.err(
-                    d.address.span(),
-                    format!("destination[{i}].address"),
+                    span,
+                    format!("destination[{i}].{k}"),
                     format!("{e}; set tls.server_name to the name on the receiver's certificate"),
                 ));
             }
@@ -1506,6 +1842,88 @@ name = "adt"
 message_types = ["ADT^A0*"]
 destinations = ["emr"]
 "#;
+
+    /// The `Invalid` error's line, key and message for a config.
+    fn invalid(text: &str) -> (usize, String, String) {
+        match parse(text) {
+            Err(ConfigError::Invalid {
+                line, key, message, ..
+            }) => (line, key, message),
+            other => panic!("expected an invalid-value error, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn connector_kinds_need_their_keys_and_refuse_others() {
+        let route = "\n[[route]]\nname = \"r\"\ndestinations = [\"d\"]\n";
+        let dest = |body: &str| format!("[[destination]]\nname = \"d\"\n{body}\n{route}");
+        let (line, key, msg) = invalid(&dest("kind = \"file\""));
+        assert_eq!((line, key.as_str()), (1, "destination[0].directory"));
+        assert!(msg.contains("needs directory"), "{msg}");
+        let (_, key, msg) = invalid(&dest(
+            "kind = \"file\"\ndirectory = \"out\"\nurl = \"http://x:1/\"",
+        ));
+        assert_eq!(key, "destination[0].url");
+        assert!(msg.contains("kind = \"file\""), "{msg}");
+        let (line, key, msg) = invalid(&dest(
+            "kind = \"file\"\ndirectory = \"out\"\nname_pattern = \"{pid}.hl7\"",
+        ));
+        assert_eq!((line, key.as_str()), (5, "destination[0].name_pattern"));
+        assert!(msg.contains("unknown placeholder `{pid}`"), "{msg}");
+        let (_, key, _) = invalid(&dest("kind = \"http\""));
+        assert_eq!(key, "destination[0].url");
+        let (line, key, msg) = invalid(&dest("kind = \"http\"\nurl = \"https://portal:443/x\""));
+        assert_eq!((line, key.as_str()), (4, "destination[0].url"));
+        assert!(msg.contains("needs tls"), "{msg}");
+        let (_, key, msg) = invalid(&dest("kind = \"http\"\nurl = \"ftp://portal/x\""));
+        assert_eq!(key, "destination[0].url");
+        assert!(msg.contains("not an http:// or https://"), "{msg}");
+        let (_, key, _) = invalid(&dest(
+            "kind = \"mllp\"\naddress = \"h:1\"\nformat = \"json\"",
+        ));
+        assert_eq!(key, "destination[0].format");
+        let (_, key, _) = invalid(&dest("address = \"h:1\"\ndirectory = \"x\""));
+        assert_eq!(key, "destination[0].directory");
+        assert!(parse(&dest("kind = \"http\"\nurl = \"http://127.0.0.1:8080/hl7\"\nformat = \"json\"\nheaders = { X-A = \"b\" }")).is_ok());
+        assert!(
+            parse(&dest(
+                "kind = \"file\"\ndirectory = \"out\"\nformat = \"json\""
+            ))
+            .is_ok()
+        );
+
+        let mllp = "[[destination]]\nname = \"d\"\naddress = \"h:1\"\n";
+        let listener = |body: &str| format!("[[listener]]\nname = \"l\"\n{body}\n{mllp}{route}");
+        let (_, key, msg) = invalid(&listener("kind = \"file\""));
+        assert_eq!(key, "listener[0].directory");
+        assert!(msg.contains("needs directory"), "{msg}");
+        let (_, key, _) = invalid(&listener(
+            "kind = \"file\"\ndirectory = \"in\"\nbind = \"127.0.0.1:0\"",
+        ));
+        assert_eq!(key, "listener[0].bind");
+        let (_, key, msg) = invalid(&listener("bind = \"127.0.0.1:0\"\nsettle = \"2s\""));
+        assert_eq!(key, "listener[0].settle");
+        assert!(msg.contains("file listeners"), "{msg}");
+        let (_, key, _) = invalid(&listener("kind = \"http\""));
+        assert_eq!(key, "listener[0].bind");
+        let (_, key, msg) = invalid(&format!(
+            "[store]\nenabled = false\n{}",
+            listener("kind = \"file\"\ndirectory = \"in\"")
+        ));
+        assert_eq!(key, "listener[0].kind");
+        let (_, key, _) = invalid(&listener(
+            "kind = \"file\"\ndirectory = \"in\"\nack_policy = \"after-delivery\"",
+        ));
+        assert_eq!(key, "listener[0].ack_policy");
+        assert!(msg.contains("needs the store"), "{msg}");
+        let c = parse(&listener(
+            "kind = \"file\"\ndirectory = \"in\"\npattern = \"*.hl7\"",
+        ))
+        .unwrap();
+        let l = c.listeners[0].get_ref();
+        assert_eq!(l.directory.as_ref().unwrap().get_ref(), FsPath::new("in"));
+        assert_eq!(l.settle(), Duration::from_secs(1));
+    }
 
     #[test]
     fn minimal_config_loads_with_defaults() {

@@ -12,7 +12,6 @@
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use courier_mllp::MllpClient;
 use courier_store::{
     Claim, ClaimedDelivery, DeliveryId, DeliveryOrder, Settle, Settlement, Store, StoreError,
 };
@@ -23,7 +22,7 @@ use tokio_util::task::TaskTracker;
 use tracing::{Instrument, error, info, info_span, warn};
 
 use super::waiters::{Finished, Waiters};
-use super::{Attempt, backoff_after, client_for};
+use super::{Attempt, Transport, backoff_after};
 use crate::admin::Paused;
 use crate::config::{DestinationConfig, OrderingConfig, RetryConfig};
 use crate::metrics::{DeliveryOutcome, METRICS};
@@ -78,7 +77,7 @@ pub fn spawn(
             OrderingConfig::SetAside => DeliveryOrder::SetAside,
             OrderingConfig::ByKey => DeliveryOrder::ByKey,
         },
-        client: client_for(cfg),
+        client: Transport::for_config(cfg),
         ack_timeout: cfg.ack_timeout,
         release: cfg.mllp_release,
         retry: cfg.retry.clone(),
@@ -90,7 +89,7 @@ pub fn spawn(
         paused,
         unsettled: Vec::new(),
     };
-    let span = info_span!("destination", destination = %cfg.name, address = %cfg.address.get_ref());
+    let span = info_span!("destination", destination = %cfg.name, target = %cfg.target());
     let task = tracker.spawn(
         async move {
             if let Some(previous) = after {
@@ -106,7 +105,7 @@ pub fn spawn(
 struct Worker {
     name: String,
     order: DeliveryOrder,
-    client: MllpClient,
+    client: Transport,
     ack_timeout: Duration,
     /// MLLP release: 2 waits for a commit acknowledgement instead of an HL7 ACK.
     release: u8,
@@ -301,14 +300,15 @@ impl Worker {
                 "possible duplicate: this delivery may have reached the receiver before a crash; sending it again"
             );
         }
-        super::attempt(
-            &mut self.client,
-            &d.payload,
-            &d.control_id,
-            self.ack_timeout,
-            self.release,
-        )
-        .await
+        self.client
+            .attempt(
+                &d.payload,
+                &d.control_id,
+                &d.message_type,
+                self.ack_timeout,
+                self.release,
+            )
+            .await
     }
 
     /// Logs an outcome and says how to record it.

@@ -8,13 +8,12 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use courier_mllp::MllpClient;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{Instrument, error, info, info_span, warn};
 
-use super::{Attempt, client_for};
+use super::{Attempt, Transport};
 use crate::metrics::{DeliveryOutcome, METRICS};
 
 use crate::config::{DestinationConfig, RetryConfig};
@@ -82,20 +81,20 @@ pub fn spawn(
     let (tx, rx) = mpsc::channel(cfg.queue_capacity);
     let worker = Worker {
         name: name.clone(),
-        client: client_for(cfg),
+        client: Transport::for_config(cfg),
         ack_timeout: cfg.ack_timeout,
         release: cfg.mllp_release,
         retry: cfg.retry.clone(),
         stop,
     };
-    let span = info_span!("destination", destination = %name, address = %cfg.address.get_ref());
+    let span = info_span!("destination", destination = %name, target = %cfg.target());
     tracker.spawn(worker.run(rx).instrument(span));
     DestinationHandle { name, tx }
 }
 
 struct Worker {
     name: Arc<str>,
-    client: MllpClient,
+    client: Transport,
     ack_timeout: Duration,
     /// MLLP release: 2 waits for a commit acknowledgement instead of an HL7 ACK.
     release: u8,
@@ -197,14 +196,15 @@ impl Worker {
     }
 
     async fn attempt(&mut self, d: &Delivery) -> Attempt {
-        super::attempt(
-            &mut self.client,
-            &d.message,
-            &d.control_id,
-            self.ack_timeout,
-            self.release,
-        )
-        .await
+        self.client
+            .attempt(
+                &d.message,
+                &d.control_id,
+                &d.message_type,
+                self.ack_timeout,
+                self.release,
+            )
+            .await
     }
 
     fn abandon(&self, current: Delivery, rx: &mut mpsc::Receiver<Delivery>) {

@@ -21,7 +21,7 @@ use courier_hl7::ReceivedAck;
 use courier_mllp::{ClientSettings, Commit, MllpClient};
 use tracing::debug;
 
-use crate::config::{DestinationConfig, RetryConfig};
+use crate::config::{DestinationConfig, DestinationKind, RetryConfig};
 
 pub use memory::{Delivery, DestinationHandle, EnqueueError, spawn};
 
@@ -42,6 +42,51 @@ pub enum Attempt {
         /// Why, without patient data.
         reason: String,
     },
+}
+
+/// How a destination reaches its receiver: MLLP, a directory or an HTTP endpoint. The
+/// worker around it (claims, retries, ordering, dead letters) is the same for all three.
+#[derive(Debug)]
+pub enum Transport {
+    /// MLLP, waiting for the receiver's ACK.
+    Mllp(MllpClient),
+    /// One file per message.
+    File(crate::connectors::file_out::FileSink),
+    /// One POST per message.
+    Http(crate::connectors::http_out::HttpSink),
+}
+
+impl Transport {
+    /// The transport for a destination's settings.
+    pub fn for_config(cfg: &DestinationConfig) -> Transport {
+        match cfg.kind {
+            DestinationKind::Mllp => Transport::Mllp(client_for(cfg)),
+            DestinationKind::File => {
+                Transport::File(crate::connectors::file_out::FileSink::new(cfg))
+            }
+            DestinationKind::Http => {
+                Transport::Http(crate::connectors::http_out::HttpSink::new(cfg))
+            }
+        }
+    }
+
+    /// One attempt to deliver a message.
+    pub async fn attempt(
+        &mut self,
+        payload: &Bytes,
+        control_id: &str,
+        message_type: &str,
+        ack_timeout: Duration,
+        release: u8,
+    ) -> Attempt {
+        match self {
+            Transport::Mllp(client) => {
+                attempt(client, payload, control_id, ack_timeout, release).await
+            }
+            Transport::File(sink) => sink.attempt(payload, control_id, message_type).await,
+            Transport::Http(sink) => sink.attempt(payload, control_id, ack_timeout).await,
+        }
+    }
 }
 
 /// The MLLP client for a destination's settings: over TLS with the material loaded (and

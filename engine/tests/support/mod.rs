@@ -396,7 +396,7 @@ pub fn build_plugins() {
 }
 
 /// examples/clinic.toml with its listener on a free port, its destinations at `dests`
-/// (emr, lis, billing, research) and its plugin and script paths made absolute, so it runs
+/// (emr, lis, billing, research; the portal webhook on a closed port) and its plugin and script paths made absolute, so it runs
 /// from a temporary directory.
 pub fn clinic_config(dests: [SocketAddr; 4]) -> String {
     let examples = repo().join("examples");
@@ -408,6 +408,9 @@ pub fn clinic_config(dests: [SocketAddr; 4]) -> String {
         .replace("127.0.0.1:2577", &dests[1].to_string())
         .replace("127.0.0.1:2578", &dests[2].to_string())
         .replace("127.0.0.1:2579", &dests[3].to_string())
+        // The portal webhook: a closed port unless the test replaces it first (never the
+        // real 2580, where examples/clinic.sh may be running its own stand-in).
+        .replace("127.0.0.1:2580", &format!("127.0.0.1:{}", free_port()))
         .replace(
             "\"../target/",
             &format!("\"{}/../target/", examples.display()),

@@ -1,0 +1,279 @@
+//! The HTTP destination: each message is POSTed to a URL, as ER7 or as JSON.
+//!
+//! 2xx = delivered; 5xx, 408, 429, a timeout or a connection failure = retried after the
+//! backoff; any other status (4xx, a redirect) = rejected, a dead letter. The status line and
+//! the start of the response body are kept with the delivery as its "ACK". A new connection
+//! is made per attempt (webhooks are not a high-rate path); `https://` URLs go over rustls
+//! with the CA named in `tls`, as MLLP destinations do.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use courier_hl7::{Message, ParseOptions};
+use courier_mllp::ClientTls;
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::Request;
+use hyper::header::{HeaderName, HeaderValue};
+use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpStream;
+
+use crate::config::{DestinationConfig, PayloadFormat};
+use crate::destination::Attempt;
+
+/// Most bytes of a response body kept with the delivery.
+pub const KEPT_RESPONSE: usize = 64 * 1024;
+
+/// The media type of ER7 over HTTP.
+pub const ER7_MEDIA_TYPE: &str = "x-application/hl7-v2+er7";
+
+/// A URL taken apart.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ParsedUrl {
+    /// `https://`.
+    pub https: bool,
+    /// Host name or address (no brackets).
+    pub host: String,
+    /// Port (80/443 by default).
+    pub port: u16,
+    /// `Host` header value.
+    pub authority: String,
+    /// Request target.
+    pub path_and_query: String,
+}
+
+impl ParsedUrl {
+    /// `host:port`, as TLS names its server.
+    pub fn host_port(&self) -> String {
+        format!("{}:{}", self.host, self.port)
+    }
+}
+
+/// Parses an `http://` or `https://` URL.
+pub fn parse_url(url: &str) -> Result<ParsedUrl, String> {
+    let uri: hyper::Uri = url
+        .parse()
+        .map_err(|e| format!("`{url}` is not a URL: {e}"))?;
+    let https = match uri.scheme_str() {
+        Some("http") => false,
+        Some("https") => true,
+        _ => return Err(format!("`{url}` is not an http:// or https:// URL")),
+    };
+    let host = uri
+        .host()
+        .filter(|h| !h.is_empty())
+        .ok_or_else(|| format!("`{url}` has no host"))?
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .to_owned();
+    Ok(ParsedUrl {
+        https,
+        port: uri.port_u16().unwrap_or(if https { 443 } else { 80 }),
+        authority: uri
+            .authority()
+            .map(|a| a.as_str().to_owned())
+            .unwrap_or_default(),
+        path_and_query: uri.path_and_query().map_or("/", |p| p.as_str()).to_owned(),
+        host,
+    })
+}
+
+/// The body for a stored message in `format`. The payload is what the engine stored, so it
+/// parses; should it not, the delivery cannot succeed and is refused.
+pub fn encode(payload: &Bytes, format: PayloadFormat) -> Result<Bytes, String> {
+    match format {
+        PayloadFormat::Er7 => Ok(payload.clone()),
+        PayloadFormat::Json => {
+            let opts = ParseOptions {
+                line_endings: courier_hl7::LineEndings::Lenient,
+                ..ParseOptions::default()
+            };
+            let msg = Message::parse_with(payload.clone(), &opts)
+                .map_err(|e| format!("cannot convert the message to JSON: {e}"))?;
+            let mut body = serde_json::to_vec(&courier_hl7::to_json(&msg))
+                .map_err(|e| format!("cannot convert the message to JSON: {e}"))?;
+            body.push(b'\n');
+            Ok(Bytes::from(body))
+        }
+    }
+}
+
+/// POSTs messages to one URL.
+#[derive(Debug)]
+pub struct HttpSink {
+    url: ParsedUrl,
+    headers: Vec<(HeaderName, HeaderValue)>,
+    format: PayloadFormat,
+    tls: Option<ClientTls>,
+    connect_timeout: Duration,
+    max_response: usize,
+}
+
+impl HttpSink {
+    /// The sink for a `kind = "http"` destination (validated at load).
+    pub fn new(cfg: &DestinationConfig) -> HttpSink {
+        let url = cfg
+            .url
+            .as_ref()
+            .and_then(|u| parse_url(u.get_ref()).ok())
+            .unwrap_or(ParsedUrl {
+                https: false,
+                host: String::new(),
+                port: 0,
+                authority: String::new(),
+                path_and_query: "/".into(),
+            });
+        let headers = cfg
+            .headers
+            .iter()
+            .flat_map(|h| h.get_ref().iter())
+            .filter_map(|(k, v)| {
+                Some((
+                    HeaderName::from_bytes(k.as_bytes()).ok()?,
+                    HeaderValue::from_str(&v.0).ok()?,
+                ))
+            })
+            .collect();
+        HttpSink {
+            url,
+            headers,
+            format: cfg.payload_format(),
+            tls: cfg.tls_loaded.clone(),
+            connect_timeout: cfg.connect_timeout,
+            max_response: cfg.max_frame_size,
+        }
+    }
+
+    /// One POST; `timeout` bounds the whole exchange.
+    pub async fn attempt(
+        &mut self,
+        payload: &Bytes,
+        control_id: &str,
+        timeout: Duration,
+    ) -> Attempt {
+        let body = match encode(payload, self.format) {
+            Ok(b) => b,
+            Err(reason) => {
+                return Attempt::Rejected {
+                    ack: Bytes::new(),
+                    reason,
+                };
+            }
+        };
+        let (status, kept) = match tokio::time::timeout(timeout, self.post(body, control_id)).await
+        {
+            Ok(Ok(r)) => r,
+            Ok(Err(reason)) => return Attempt::Retry { reason },
+            Err(_) => {
+                return Attempt::Retry {
+                    reason: format!("no HTTP response within {} ms", timeout.as_millis()),
+                };
+            }
+        };
+        let code = status.as_u16();
+        if status.is_success() {
+            Attempt::Delivered(kept)
+        } else if status.is_server_error() || code == 408 || code == 429 {
+            Attempt::Retry {
+                reason: format!("HTTP {status} from the receiver"),
+            }
+        } else if status.is_redirection() {
+            Attempt::Rejected {
+                ack: kept,
+                reason: format!("HTTP {status}: redirects are not followed; fix the URL"),
+            }
+        } else {
+            Attempt::Rejected {
+                ack: kept,
+                reason: format!(
+                    "HTTP {status} from the receiver (its body is kept with the delivery)"
+                ),
+            }
+        }
+    }
+
+    async fn post(
+        &self,
+        body: Bytes,
+        control_id: &str,
+    ) -> Result<(hyper::StatusCode, Bytes), String> {
+        let tcp = tokio::time::timeout(
+            self.connect_timeout,
+            TcpStream::connect((self.url.host.as_str(), self.url.port)),
+        )
+        .await
+        .map_err(|_| format!("connect to {} timed out", self.url.host_port()))?
+        .map_err(|e| format!("cannot connect to {}: {e}", self.url.host_port()))?;
+        let _ = tcp.set_nodelay(true);
+        match &self.tls {
+            Some(tls) => {
+                let name = tls
+                    .server_name_for(&self.url.host_port())
+                    .map_err(|e| e.to_string())?;
+                let stream = tokio_rustls::TlsConnector::from(tls.config())
+                    .connect(name, tcp)
+                    .await
+                    .map_err(|e| {
+                        format!(
+                            "TLS with {} failed: {}",
+                            self.url.host_port(),
+                            courier_mllp::tls::describe_handshake_error(&e)
+                        )
+                    })?;
+                self.exchange(stream, body, control_id).await
+            }
+            None => self.exchange(tcp, body, control_id).await,
+        }
+    }
+
+    async fn exchange<S>(
+        &self,
+        stream: S,
+        body: Bytes,
+        control_id: &str,
+    ) -> Result<(hyper::StatusCode, Bytes), String>
+    where
+        S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .map_err(|e| format!("HTTP handshake failed: {e}"))?;
+        let conn = tokio::spawn(async move {
+            let _ = connection.await;
+        });
+        let mut request = Request::post(self.url.path_and_query.as_str())
+            .header(hyper::header::HOST, self.url.authority.as_str())
+            .header(
+                hyper::header::CONTENT_TYPE,
+                match self.format {
+                    PayloadFormat::Er7 => ER7_MEDIA_TYPE,
+                    PayloadFormat::Json => "application/json",
+                },
+            )
+            .header(hyper::header::USER_AGENT, "courier");
+        if let Ok(v) = HeaderValue::from_str(control_id) {
+            request = request.header("x-hl7-control-id", v);
+        }
+        let mut request = request
+            .body(Full::new(body))
+            .map_err(|e| format!("cannot build the request: {e}"))?;
+        for (k, v) in &self.headers {
+            request.headers_mut().insert(k.clone(), v.clone());
+        }
+        let response = sender
+            .send_request(request)
+            .await
+            .map_err(|e| format!("HTTP request failed: {e}"))?;
+        let status = response.status();
+        let body = Limited::new(response.into_body(), self.max_response)
+            .collect()
+            .await
+            .map(|c| c.to_bytes())
+            .unwrap_or_default();
+        conn.abort();
+        let kept = &body[..body.len().min(KEPT_RESPONSE)];
+        let mut record = format!("HTTP {status}\r\n\r\n").into_bytes();
+        record.extend_from_slice(kept);
+        Ok((status, Bytes::from(record)))
+    }
+}
