@@ -32,6 +32,20 @@ macro_rules! pending {
     };
 }
 
+/// A delivery's payload (`d` is the delivery): its own row when it has one, else the output of
+/// the last step of its route that changed the message, else the message as received. This is
+/// the rule `complete_processing` relies on when it leaves the row out.
+macro_rules! payload {
+    () => {
+        "coalesce(
+            (SELECT p.payload FROM delivery_payloads p WHERE p.delivery_id = d.id),
+            (SELECT s.output FROM steps s
+             WHERE s.message_id = d.message_id AND s.route = d.route AND s.outcome = 'changed'
+             ORDER BY s.seq DESC LIMIT 1),
+            (SELECT b.raw FROM message_bodies b WHERE b.message_id = d.message_id))"
+    };
+}
+
 /// The hot queries, named so a test can check their plans use the indexes.
 pub(crate) mod sql {
     pub(crate) const FIND_DUPLICATE: &str = "SELECT m.id, m.status, b.ack
@@ -165,9 +179,10 @@ pub(crate) fn journal(conn: &Connection, m: &NewMessage) -> OpResult<MessageId> 
 /// Records what processing made of a message and queues its deliveries. `raw`: the message as
 /// received, when the caller has it at hand (otherwise it is read back if a delivery needs it).
 ///
-/// A delivery whose payload is the message as received gets no payload row of its own: the
-/// readers fall back to the message's body (`payload_of`). A pass-through route then writes
-/// the message's bytes once, not twice.
+/// A delivery whose payload is what its route's steps already recorded gets no payload row of
+/// its own: the output of the route's last step that changed the message, or the message as
+/// received when none did. The readers fall back the same way ([`sql::PAYLOAD`]), so each
+/// version of a message is written once, not once as a step's output and again as a payload.
 pub(crate) fn complete_processing(
     conn: &Connection,
     id: MessageId,
@@ -214,6 +229,15 @@ pub(crate) fn complete_processing(
     let raw = match raw {
         Some(raw) => Some(raw),
         None if p.deliveries.is_empty() => None,
+        // Every delivery's route changed the message: the body is not needed.
+        None if p.deliveries.iter().all(|d| {
+            p.steps
+                .iter()
+                .any(|s| s.route == d.route && matches!(s.outcome, StepOutcome::Changed(_)))
+        }) =>
+        {
+            None
+        }
         None => {
             read_back = conn
                 .prepare_cached("SELECT raw FROM message_bodies WHERE message_id = ?1")?
@@ -225,7 +249,11 @@ pub(crate) fn complete_processing(
     for d in &p.deliveries {
         let delivery =
             insert_delivery(conn, id, &d.route, &d.destination, &d.order_key, now, None)?;
-        if raw != Some(&d.payload[..]) {
+        let last_change = p.steps.iter().rev().find_map(|s| match &s.outcome {
+            StepOutcome::Changed(out) if s.route == d.route => Some(&out[..]),
+            _ => None,
+        });
+        if last_change.or(raw) != Some(&d.payload[..]) {
             conn.prepare_cached(
                 "INSERT INTO delivery_payloads (delivery_id, payload) VALUES (?1, ?2)",
             )?
@@ -428,16 +456,15 @@ pub(crate) fn claim_batch(
          SET status = 'in_flight', attempts = attempts + 1, last_attempt_at = ?2
          WHERE id = ?1",
     )?;
-    let mut read = conn.prepare_cached(
-        "SELECT d.id, d.message_id, d.route, d.destination, coalesce(p.payload, b.raw),
-                m.control_id, m.message_type, d.order_key, d.attempts, d.possible_duplicate,
+    let mut read = conn.prepare_cached(concat!(
+        "SELECT d.id, d.message_id, d.route, d.destination, ",
+        payload!(),
+        ", m.control_id, m.message_type, d.order_key, d.attempts, d.possible_duplicate,
                 m.received_at
-         FROM deliveries d
-         JOIN messages m ON m.id = d.message_id
-         LEFT JOIN delivery_payloads p ON p.delivery_id = d.id
-         LEFT JOIN message_bodies b ON b.message_id = d.message_id AND p.payload IS NULL
-         WHERE d.id = ?1",
-    )?;
+             FROM deliveries d
+             JOIN messages m ON m.id = d.message_id
+             WHERE d.id = ?1"
+    ))?;
     let mut batch = Vec::with_capacity(picked.len());
     for id in picked {
         mark.execute(params![id, now])?;
@@ -771,16 +798,15 @@ pub(crate) fn message(conn: &Connection, id: MessageId) -> OpResult<Option<Messa
         })?
         .collect::<rusqlite::Result<_>>()?;
     detail.deliveries = conn
-        .prepare_cached(
+        .prepare_cached(concat!(
             "SELECT d.id, d.route, d.destination, d.order_key, d.status, d.attempts,
                     d.possible_duplicate, d.created_at, d.last_attempt_at, d.next_attempt_at,
-                    d.finished_at, d.last_error, d.ack, coalesce(p.payload, b.raw),
-                    d.resent_from
-             FROM deliveries d
-             LEFT JOIN delivery_payloads p ON p.delivery_id = d.id
-             LEFT JOIN message_bodies b ON b.message_id = d.message_id AND p.payload IS NULL
-             WHERE d.message_id = ?1 ORDER BY d.id",
-        )?
+                    d.finished_at, d.last_error, d.ack, ",
+            payload!(),
+            ", d.resent_from
+                 FROM deliveries d
+                 WHERE d.message_id = ?1 ORDER BY d.id"
+        ))?
         .query_map([id.0], delivery_detail)?
         .collect::<rusqlite::Result<_>>()?;
     Ok(Some(detail))

@@ -539,8 +539,9 @@ async fn resend_copies_payloads_and_retry_errored_requeues_dead_letters() {
     assert_eq!(c.id, emr_copy);
 }
 
-/// A delivery of the message as received stores no copy of it: claims, the message view and
-/// resends read the body instead. A changed payload is stored as it is.
+/// A delivery of the message as received, or of what its route's last changing step made of
+/// it, stores no copy of its own: claims, the message view and resends read the body or the
+/// step's output instead. Any other payload is stored as it is.
 #[tokio::test]
 async fn pass_through_deliveries_share_the_message_body() {
     let dir = tempfile::tempdir().unwrap();
@@ -577,6 +578,31 @@ async fn pass_through_deliveries_share_the_message_body() {
         .await
         .unwrap();
 
+    // A route whose step changed the message: the delivery sends the step's output.
+    let mapped = store.journal(message("C3", "P3")).await.unwrap();
+    let step = |out: &'static str| courier_store::StepRecord {
+        route: "adt-route".into(),
+        step: "map".into(),
+        kind: "wasm-transform".into(),
+        content_hash: "sha256:cccc".into(),
+        outcome: StepOutcome::Changed(Bytes::from_static(out.as_bytes())),
+        reason: None,
+    };
+    let other_route = courier_store::StepRecord {
+        route: "other-route".into(),
+        ..step("other")
+    };
+    store
+        .complete_processing(
+            mapped,
+            Processing {
+                steps: vec![step("first"), step("by-the-step"), other_route],
+                ..processed(vec![delivery("lab", "P3", "by-the-step")])
+            },
+        )
+        .await
+        .unwrap();
+
     let rows: i64 = rusqlite::Connection::open(&db)
         .unwrap()
         .query_row("SELECT count(*) FROM delivery_payloads", [], |r| r.get(0))
@@ -598,4 +624,9 @@ async fn pass_through_deliveries_share_the_message_body() {
     store.delivered(second.id, Bytes::new()).await.unwrap();
     let resent = claim(&*store, "billing", DeliveryOrder::Strict, t(2)).await;
     assert_eq!((resent.id, &resent.payload), (copy[0], &raw));
+
+    let lab = claim(&*store, "lab", DeliveryOrder::Strict, t(2)).await;
+    assert_eq!(payload(&lab), "by-the-step");
+    let detail = store.message(mapped).await.unwrap().unwrap();
+    assert_eq!(&detail.deliveries[0].payload[..], b"by-the-step");
 }
