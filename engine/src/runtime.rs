@@ -506,13 +506,7 @@ impl ListenerRun {
             mutual_tls = l.tls.as_ref().is_some_and(|t| t.get_ref().client_ca.is_some()),
             "listening"
         );
-        let intake = Arc::new(Intake {
-            listener: l.name.as_str().into(),
-            settings: ArcSwap::from_pointee(IntakeSettings::of(l)),
-            pipeline: pipeline.clone(),
-            ack_ids: tasks.ack_ids.clone(),
-            shutdown: tasks.shutdown.clone(),
-        });
+        let intake = Self::intake_for(l, pipeline, tasks);
         let settings = ListenerSettings {
             name: l.name.clone(),
             max_connections: l.max_connections,
@@ -557,15 +551,20 @@ impl ListenerRun {
         })
     }
 
-    /// A file listener: a task watching its directory (see `connectors::file_in`).
-    fn start_file(l: &ListenerConfig, pipeline: &Arc<Pipeline>, tasks: &Tasks) -> ListenerRun {
-        let intake = Arc::new(Intake {
+    /// The intake for a listener's messages, whatever its transport.
+    fn intake_for(l: &ListenerConfig, pipeline: &Arc<Pipeline>, tasks: &Tasks) -> Arc<Intake> {
+        Arc::new(Intake {
             listener: l.name.as_str().into(),
             settings: ArcSwap::from_pointee(IntakeSettings::of(l)),
             pipeline: pipeline.clone(),
             ack_ids: tasks.ack_ids.clone(),
             shutdown: tasks.shutdown.clone(),
-        });
+        })
+    }
+
+    /// A file listener: a task watching its directory (see `connectors::file_in`).
+    fn start_file(l: &ListenerConfig, pipeline: &Arc<Pipeline>, tasks: &Tasks) -> ListenerRun {
+        let intake = Self::intake_for(l, pipeline, tasks);
         let stop = tasks.shutdown.child_token();
         // The config refuses a file listener without the store.
         if let Output::Durable { store, .. } = &pipeline.output {
