@@ -15,31 +15,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 messages=${MESSAGES:-20000}
-rustup target add wasm32-wasip2 >/dev/null 2>&1 || true
-cargo build --release --locked --bin courier
-cargo build --release --target wasm32-wasip2 --manifest-path plugins/Cargo.toml \
-  --target-dir target/wasm-plugins
-bin=target/release/courier
-work=$(mktemp -d)
-pids=()
-cleanup() {
-  for p in "${pids[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
-  wait 2>/dev/null || true
-  rm -rf "$work"
-}
-trap cleanup EXIT
-
-wait_port() { # host port
-  for _ in $(seq 600); do
-    (exec 3<>"/dev/tcp/$1/$2") 2>/dev/null && return 0
-    sleep 0.1
-  done
-  echo "nothing listening on $1:$2" >&2
-  return 1
-}
-
-# CPU seconds (user + system) a process has used so far.
-cpu() { awk -v hz="$(getconf CLK_TCK)" '{ printf "%.3f", ($14 + $15) / hz }' "/proc/$1/stat"; }
+# shellcheck source=bench/lib.sh
+. bench/lib.sh
 # Its peak resident memory in MiB.
 peak() { awk '/VmHWM/ { printf "%.1f", $2 / 1024 }' "/proc/$1/status"; }
 
@@ -69,22 +46,8 @@ PY
 wait_port 127.0.0.1 27575
 
 # The pipeline: the example clinic on other ports, its store in $work.
-for i in 6 7 8 9; do
-  mkdir -p "$work/dest$i"
-  "$bin" listen --port 2758$i --out "$work/dest$i" >/dev/null 2>&1 & pids+=($!)
-done
-mkdir -p "$work/portal"
-"$bin" listen --http --port 27590 --out "$work/portal" >/dev/null 2>&1 & pids+=($!)
-sed -e 's/127.0.0.1:2575/127.0.0.1:27580/' \
-    -e 's/127.0.0.1:2576/127.0.0.1:27586/' -e 's/127.0.0.1:2577/127.0.0.1:27587/' \
-    -e 's/127.0.0.1:2578/127.0.0.1:27588/' -e 's/127.0.0.1:2579/127.0.0.1:27589/' \
-    -e 's/127.0.0.1:8575/127.0.0.1:0/' \
-    -e 's#127.0.0.1:2580/#127.0.0.1:27590/#' \
-    -e "s#\"\\.\\./target/#\"$PWD/target/#" -e "s#\"scripts/#\"$PWD/examples/scripts/#" \
-    examples/clinic.toml >"$work/clinic.toml"
-COURIER_ADMIN_TOKEN=bench-token-0123456789 \
-  "$bin" run "$work/clinic.toml" --store-dir "$work/store" 2>"$work/engine.log" & engine=$!; pids+=($engine)
-wait_port 127.0.0.1 27580
+clinic_stand_ins 27580
+start_clinic 27580 "$work/engine.log"
 idle=$(peak "$engine")
 
 results=$work/results.tsv

@@ -1,0 +1,62 @@
+# Shared by the bench scripts (sourced, from the repository's root): builds the release binary
+# and the example plugins, makes a work directory that is removed at the end with everything
+# started in it, and starts the example clinic with its stand-in receivers on other ports.
+
+rustup target add wasm32-wasip2 >/dev/null 2>&1 || true
+cargo build --release --locked --bin courier
+cargo build --release --target wasm32-wasip2 --manifest-path plugins/Cargo.toml \
+  --target-dir target/wasm-plugins
+bin=$PWD/target/release/courier
+work=$(mktemp -d)
+pids=()
+cleanup() {
+  for p in "${pids[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+  rm -rf "$work"
+}
+trap cleanup EXIT
+
+wait_port() { # host port
+  for _ in $(seq 600); do
+    (exec 3<>"/dev/tcp/$1/$2") 2>/dev/null && return 0
+    sleep 0.1
+  done
+  echo "nothing listening on $1:$2" >&2
+  return 1
+}
+
+# CPU seconds (user + system) a process has used so far.
+cpu() { awk -v hz="$(getconf CLK_TCK)" '{ printf "%.3f", ($14 + $15) / hz }' "/proc/$1/stat"; }
+# A /proc/PID/status figure in KiB: kib PID VmRSS.
+kib() { awk -v k="$2" '$1 == k":" { print $2 }' "/proc/$1/status"; }
+# Stops a process and waits for it.
+stop() { kill -TERM "$1"; wait "$1" 2>/dev/null || true; }
+
+# clinic_stand_ins BASE: `courier listen` stand-ins for the example clinic's receivers on
+# 127.0.0.1:BASE+6..BASE+9 (EMR, LIS, billing, research; MLLP) and BASE+10 (the portal's
+# webhook, HTTP), writing what they get under $work/out/; and $work/clinic.toml, the example
+# clinic listening on BASE+0 and sending to them, its admin server on a free port.
+clinic_stand_ins() {
+  local base=$1 i
+  for i in 6 7 8 9; do
+    mkdir -p "$work/out/dest$i"
+    "$bin" listen --port $((base + i)) --out "$work/out/dest$i" >/dev/null 2>&1 & pids+=($!)
+  done
+  mkdir -p "$work/out/portal"
+  "$bin" listen --http --port $((base + 10)) --out "$work/out/portal" >/dev/null 2>&1 & pids+=($!)
+  sed -e "s/127.0.0.1:2575/127.0.0.1:$base/" \
+      -e "s/127.0.0.1:2576/127.0.0.1:$((base + 6))/" -e "s/127.0.0.1:2577/127.0.0.1:$((base + 7))/" \
+      -e "s/127.0.0.1:2578/127.0.0.1:$((base + 8))/" -e "s/127.0.0.1:2579/127.0.0.1:$((base + 9))/" \
+      -e "s#127.0.0.1:2580/#127.0.0.1:$((base + 10))/#" -e 's/127.0.0.1:8575/127.0.0.1:0/' \
+      -e "s#\"\\.\\./target/#\"$PWD/target/#" -e "s#\"scripts/#\"$PWD/examples/scripts/#" \
+      examples/clinic.toml >"$work/clinic.toml"
+}
+
+# start_clinic BASE LOG: runs the example clinic from clinic_stand_ins (store in $work/store,
+# kept between starts) and waits until it listens; its PID is in $engine.
+start_clinic() {
+  COURIER_ADMIN_TOKEN=bench-token-0123456789 \
+    "$bin" run "$work/clinic.toml" --store-dir "$work/store" 2>>"$2" & engine=$!
+  pids+=($engine)
+  wait_port 127.0.0.1 "$1"
+}

@@ -1,0 +1,159 @@
+#!/usr/bin/env bash
+# The performance targets that are not throughput (docs/performance.md), in one run:
+#   parse     the parser's throughput on one core (criterion, the example messages);
+#   idle      the engine's resident memory with the example clinic loaded, at rest, on its
+#             first start (plugins compiled) and after a restart (plugins from the cache);
+#   1 MiB     the extra peak memory one 1 MiB ORU (a PDF report in OBX-5) costs, through the
+#             example clinic and through one plain route, as a multiple of its size;
+#   backlog   intake with 100,000 messages queued for a destination that is down, against
+#             the same engine's intake while that queue is still short.
+#
+#   bench/targets.sh                   everything (about 5 minutes on 2 cores)
+#   BACKLOG=30000 bench/targets.sh     a quicker backlog (the target is stated for 100,000)
+#
+# Ports 27675-27699 on 127.0.0.1 are used; everything it starts is stopped at the end. Resetting
+# a process's peak memory (/proc/PID/clear_refs) needs Linux and permission over the process.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+backlog=${BACKLOG:-100000}
+measure=${MEASURE:-20000}
+# shellcheck source=bench/lib.sh
+. bench/lib.sh
+count_files() { find "$1" -type f | wc -l; }
+
+echo "== parse (criterion, one core; low, estimate, high)"
+cargo bench -p courier-hl7 --bench parse -- 'parse/' 2>/dev/null |
+  awk '/^parse\// { name = $1; shown = 0 }
+       /thrpt:/ && !shown && NF >= 7 { gsub(/[][]/, ""); shown = 1
+         print "  " name ": " $(NF-5) ", " $(NF-3) ", " $(NF-1) " " $NF }'
+
+# ---------------------------------------------------------------------------------------------
+# A 1 MiB ORU from the lab system with a PDF report embedded in OBX-5 (ED, base64).
+python3 - "$work/big.hl7" <<'PY'
+import base64, os, sys
+body = base64.b64encode(os.urandom(786_432)).decode()  # 1 MiB of base64
+segs = [
+    "MSH|^~\\&|RIVERSIDE_LIS|RIVERSIDE_LAB|COURIER|RIVERSIDE|20261202090000||ORU^R01^ORU_R01|BIG0001|P|2.5.1",
+    "PID|1||100234^^^RIVERSIDE^MR||Johnson^Sarah^Anne||19780412|F",
+    "OBR|1|ORD9001|LAB9001|CBC^Complete blood count^L|||20261202080000|||||||||4411^Patel^Anita||||||20261202085900|||F",
+    "OBX|1|ED|PDF^Report^L||^AP^PDF^Base64^" + body + "||||||F",
+]
+open(sys.argv[1], "w").write("\r".join(segs) + "\r")
+PY
+size=$(stat -c %s "$work/big.hl7")
+
+# big PID PORT COPIES: sends the 1 MiB message to the engine PID listening on PORT, waits until
+# COPIES more files are in $work/out (written by the receiving stand-ins), and prints the peak
+# memory it took beyond what the engine held before.
+big() {
+  local pid=$1 port=$2 copies=$3 before rss peak
+  before=$(count_files "$work/out")
+  rss=$(kib "$pid" VmRSS)
+  echo 5 >"/proc/$pid/clear_refs" # peak := current
+  "$bin" send --to "127.0.0.1:$port" "$work/big.hl7" >/dev/null
+  for _ in $(seq 300); do
+    [ "$(count_files "$work/out")" -ge $((before + copies)) ] && break
+    sleep 0.1
+  done
+  sleep 1
+  peak=$(kib "$pid" VmHWM)
+  python3 - "$size" "$rss" "$peak" <<'PY'
+import sys
+size, rss, peak = (int(x) for x in sys.argv[1:])
+extra = (peak - rss) * 1024
+print(f"    resident before {rss / 1024:.1f} MiB, peak while handling it {peak / 1024:.1f} MiB: "
+      f"+{extra / 1048576:.1f} MiB = {extra / size:.1f}x its {size / 1048576:.2f} MiB; target <= 4x")
+PY
+}
+
+# The example clinic, as bench/e2e.sh runs it.
+clinic_stand_ins 27680
+echo
+echo "== idle: the example clinic loaded, 30 messages handled, at rest; target <= 30 MB"
+for start in first restart; do
+  start_clinic 27680 "$work/engine.log"
+  # A few messages first, so that what is built on first use (connections, instances) is there.
+  "$bin" bench --to 127.0.0.1:27680 --messages 30 >/dev/null
+  sleep 2
+  if [ $start = first ]; then
+    echo "  first start (plugins compiled): resident $(( $(kib "$engine" VmRSS) / 1024 )) MiB"
+    stop "$engine"
+  else
+    echo "  after a restart (plugins from the compiled cache): resident $(( $(kib "$engine" VmRSS) / 1024 )) MiB"
+  fi
+done
+
+echo
+echo "== a 1 MiB message"
+echo "  through the example clinic (three routes, four WASM steps, three deliveries):"
+big "$engine" 27680 3
+stop "$engine"
+cat >"$work/one.toml" <<TOML
+[[listener]]
+name = "in"
+bind = "127.0.0.1:27681"
+
+[[destination]]
+name = "emr"
+address = "127.0.0.1:27686"
+
+[[route]]
+name = "all"
+destinations = ["emr"]
+TOML
+"$bin" run "$work/one.toml" --store-dir "$work/one-store" 2>"$work/one.log" & engine=$!
+pids+=($engine)
+wait_port 127.0.0.1 27681
+"$bin" bench --to 127.0.0.1:27681 --messages 30 >/dev/null
+sleep 1
+echo "  through one route to one destination, no steps:"
+big "$engine" 27681 1
+stop "$engine"
+
+# ---------------------------------------------------------------------------------------------
+echo
+echo "== backlog: intake with $backlog messages queued for a destination that is down"
+mkdir -p "$work/up"
+"$bin" listen --port 27696 --out "$work/up" >/dev/null 2>&1 & pids+=($!)
+cat >"$work/backlog.toml" <<TOML
+[[listener]]
+name = "in"
+bind = "127.0.0.1:27695"
+
+[[destination]]
+name = "up"
+address = "127.0.0.1:27696"
+
+# Nothing listens here: every attempt fails and the queue grows.
+[[destination]]
+name = "down"
+address = "127.0.0.1:27699"
+retry = { initial = "1s", max = "10s" }
+
+[[route]]
+name = "all"
+destinations = ["up", "down"]
+TOML
+"$bin" run "$work/backlog.toml" --store-dir "$work/backlog-store" 2>"$work/backlog.log" & engine=$!
+pids+=($engine)
+wait_port 127.0.0.1 27695
+# intake: one bench run of $measure messages at 8 connections; prints "msg/s cpu_us errors".
+intake() {
+  local before after json
+  before=$(cpu "$engine")
+  json=$("$bin" bench --to 127.0.0.1:27695 --connections 8 --messages "$measure" --json)
+  after=$(cpu "$engine")
+  python3 - "$json" "$before" "$after" <<'PY'
+import json, sys
+v = json.loads(sys.argv[1])
+n = max(v["accepted"], 1)
+print(f"{v['messages_per_second']:.0f} {(float(sys.argv[3]) - float(sys.argv[2])) * 1e6 / n:.0f} {v['errors']}")
+PY
+}
+read -r empty_rate empty_cpu empty_err < <(intake)
+echo "  while the queue for 'down' grows from 0: $empty_rate msg/s accepted, $empty_cpu us CPU/msg, errors $empty_err"
+"$bin" bench --to 127.0.0.1:27695 --connections 8 --messages $((backlog - measure)) >/dev/null
+read -r full_rate full_cpu full_err < <(intake)
+echo "  while it grows from $backlog: $full_rate msg/s accepted, $full_cpu us CPU/msg, errors $full_err"
+python3 -c "print(f'  intake with the backlog runs at {100 * $full_rate / $empty_rate:.0f}% of the rate without it; target >= 90%')"
