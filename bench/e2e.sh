@@ -47,7 +47,7 @@ wait_port 127.0.0.1 27575
 
 # The pipeline: the example clinic on other ports, its store in $work.
 clinic_stand_ins 27580
-start_clinic 27580 "$work/engine.log"
+start_clinic 27580
 idle=$(peak "$engine")
 
 results=$work/results.tsv

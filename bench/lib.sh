@@ -52,11 +52,14 @@ clinic_stand_ins() {
       examples/clinic.toml >"$work/clinic.toml"
 }
 
-# start_clinic BASE LOG: runs the example clinic from clinic_stand_ins (store in $work/store,
-# kept between starts) and waits until it listens; its PID is in $engine.
+# start_clinic BASE: runs the example clinic from clinic_stand_ins (store in $work/store, kept
+# between starts) and waits until it listens; its PID is in $engine. Its log goes to
+# $work/logs/engine.log: not beside the config, whose directory the engine watches for changes
+# (there, every log line would wake the watcher).
 start_clinic() {
+  mkdir -p "$work/logs"
   COURIER_ADMIN_TOKEN=bench-token-0123456789 \
-    "$bin" run "$work/clinic.toml" --store-dir "$work/store" 2>>"$2" & engine=$!
+    "$bin" run "$work/clinic.toml" --store-dir "$work/store" 2>>"$work/logs/engine.log" & engine=$!
   pids+=($engine)
   wait_port 127.0.0.1 "$1"
 }

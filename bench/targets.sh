@@ -72,7 +72,7 @@ clinic_stand_ins 27680
 echo
 echo "== idle: the example clinic loaded, 30 messages handled, at rest; target <= 30 MB"
 for start in first restart; do
-  start_clinic 27680 "$work/engine.log"
+  start_clinic 27680
   # A few messages first, so that what is built on first use (connections, instances) is there.
   "$bin" bench --to 127.0.0.1:27680 --messages 30 >/dev/null
   sleep 2
@@ -102,7 +102,7 @@ address = "127.0.0.1:27686"
 name = "all"
 destinations = ["emr"]
 TOML
-"$bin" run "$work/one.toml" --store-dir "$work/one-store" 2>"$work/one.log" & engine=$!
+"$bin" run "$work/one.toml" --store-dir "$work/one-store" 2>"$work/logs/one.log" & engine=$!
 pids+=($engine)
 wait_port 127.0.0.1 27681
 "$bin" bench --to 127.0.0.1:27681 --messages 30 >/dev/null
@@ -135,7 +135,7 @@ retry = { initial = "1s", max = "10s" }
 name = "all"
 destinations = ["up", "down"]
 TOML
-"$bin" run "$work/backlog.toml" --store-dir "$work/backlog-store" 2>"$work/backlog.log" & engine=$!
+"$bin" run "$work/backlog.toml" --store-dir "$work/backlog-store" 2>"$work/logs/backlog.log" & engine=$!
 pids+=($engine)
 wait_port 127.0.0.1 27695
 # intake: one bench run of $measure messages at 8 connections; prints "msg/s cpu_us errors".

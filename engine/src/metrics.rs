@@ -85,6 +85,8 @@ pub struct Metrics {
     step_failures: Family<StepFailureLabel, Counter>,
     queue_depth: Family<QueueLabel, Gauge>,
     store_bytes: Gauge,
+    store_commits: Counter,
+    store_writes: Counter,
     health: Mutex<Health>,
 }
 
@@ -174,6 +176,18 @@ impl Metrics {
             "Size of the message store on disk",
             store_bytes.clone(),
         );
+        let store_commits = Counter::default();
+        registry.register(
+            "store_commits",
+            "Store transactions committed (each one sync with fsync on)",
+            store_commits.clone(),
+        );
+        let store_writes = Counter::default();
+        registry.register(
+            "store_writes",
+            "Store write requests (journal, claims, outcomes, ...); per commit: how well they group",
+            store_writes.clone(),
+        );
         Metrics {
             registry,
             received,
@@ -186,6 +200,8 @@ impl Metrics {
             step_failures,
             queue_depth,
             store_bytes,
+            store_commits,
+            store_writes,
             health: Mutex::default(),
         }
     }
@@ -346,6 +362,15 @@ impl Metrics {
                     self.store_bytes.set(i64::try_from(n).unwrap_or(i64::MAX));
                 }
                 Err(e) => tracing::warn!(error = %e, "metrics: cannot read the store's size"),
+            }
+            if let Some(stats) = store.writer_stats() {
+                // The store counts; the counters catch up with it at each scrape.
+                for (counter, now) in [
+                    (&self.store_commits, stats.commits),
+                    (&self.store_writes, stats.writes),
+                ] {
+                    counter.inc_by(now.saturating_sub(counter.get()));
+                }
             }
         }
         let mut out = String::new();

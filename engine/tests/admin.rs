@@ -183,6 +183,13 @@ fn api_metrics_and_audit_follow_the_messages() {
         3.0
     );
     assert!(sample(&m, "courier_store_bytes") > 0.0, "{m}");
+    // Four messages journaled and three deliveries claimed and settled: at least seven write
+    // requests, in at least one commit and no more commits than requests.
+    let (commits, writes) = (
+        sample(&m, "courier_store_commits_total"),
+        sample(&m, "courier_store_writes_total"),
+    );
+    assert!(writes >= 7.0 && commits >= 1.0 && commits <= writes, "{m}");
 
     // Routes and destinations.
     let routes = get(admin, "/api/routes");

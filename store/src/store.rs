@@ -190,6 +190,11 @@ pub trait Store: Send + Sync + fmt::Debug {
     /// The store's size on disk, in bytes.
     async fn size_bytes(&self) -> Result<u64, StoreError>;
 
+    /// The writer's counters so far (commits, write requests), for a store that keeps them.
+    fn writer_stats(&self) -> Option<crate::StoreStats> {
+        None
+    }
+
     /// Appends to the audit log (kept apart from messages: pruning does not remove it).
     async fn audit(&self, entry: AuditEntry) -> Result<(), StoreError>;
 

@@ -422,6 +422,10 @@ impl Store for SqliteStore {
             .await
     }
 
+    fn writer_stats(&self) -> Option<StoreStats> {
+        Some(self.stats())
+    }
+
     async fn size_bytes(&self) -> Result<u64, StoreError> {
         let mut total = 0;
         for suffix in ["", "-wal"] {
