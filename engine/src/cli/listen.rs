@@ -270,12 +270,22 @@ async fn serve_http(
                             .get(hyper::header::CONTENT_TYPE)
                             .and_then(|v| v.to_str().ok())
                             .is_some_and(|v| v.contains("json"));
-                        let body = req
-                            .into_body()
+                        // The MLLP side's default frame limit bounds a body too.
+                        let limit = ListenerSettings::new("listen").max_frame_size;
+                        let body = match http_body_util::Limited::new(req.into_body(), limit)
                             .collect()
                             .await
-                            .map(|b| b.to_bytes())
-                            .unwrap_or_default();
+                        {
+                            Ok(b) => b.to_bytes(),
+                            Err(e) => {
+                                println!("--- body refused from {peer}: {e}");
+                                let mut r = Response::new(Full::new(Bytes::from(format!(
+                                    "body refused: {e} (at most {limit} bytes)\n"
+                                ))));
+                                *r.status_mut() = StatusCode::PAYLOAD_TOO_LARGE;
+                                return Ok::<_, std::convert::Infallible>(r);
+                            }
+                        };
                         let frame = if json {
                             match serde_json::from_slice(&body)
                                 .map_err(|e| e.to_string())
