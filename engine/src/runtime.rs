@@ -1141,6 +1141,19 @@ enum Answer {
     Replay(Bytes),
 }
 
+impl Answer {
+    /// The acknowledgment code and error an answer of the engine's own is sent with.
+    fn code(&self) -> (AckCode, Option<&AckError>) {
+        match self {
+            Answer::Refused(code, err) => (*code, Some(err)),
+            // A relayed or replayed ACK is sent as it is; these are not built from a code.
+            Answer::Accepted { .. } | Answer::Unrouted | Answer::Relay(_) | Answer::Replay(_) => {
+                (AckCode::AA, None)
+            }
+        }
+    }
+}
+
 impl Handler for Intake {
     async fn handle(&self, frame: Bytes, peer: &PeerInfo) -> Option<Bytes> {
         let started = Instant::now();
@@ -1186,12 +1199,12 @@ impl Intake {
             };
             let control_id = msg.control_id().unwrap_or_default();
             let env = Envelope::of(&msg);
-            let (answer, stored) = match &self.pipeline.output {
+            let (answer, stored, decided) = match &self.pipeline.output {
                 Output::Durable { store, .. } => {
-                    self.process_durable(set, store, &msg, &env, &control_id, peer)
+                    self.process_durable(set, store, &msg, &env, peer, AckStyle::Hl7)
                         .await
                 }
-                Output::Memory => (self.process_memory(set, &msg, &env).await, None),
+                Output::Memory => (self.process_memory(set, &msg, &env).await, None, None),
             };
             let elapsed_us = started.elapsed().as_micros() as u64;
             let (code, error) = match answer {
@@ -1216,16 +1229,11 @@ impl Intake {
                     return Some(ack);
                 }
             };
-            let code = match AckMode::of(&msg) {
-                AckMode::Original => code,
-                AckMode::Enhanced { accept, .. } => {
-                    if !accept.wants(code.is_accept()) {
-                        return None;
-                    }
-                    commit_code(code)
-                }
-            };
-            let ack = build_ack(&msg, code, error.as_ref(), &self.ack_ids.next(), &hl7_now());
+            if let Some(ack) = decided {
+                // Built before the store write and kept in its commit.
+                return ack;
+            }
+            let ack = self.ack_for(&msg, code, error.as_ref())?;
             if let (Some((store, id)), Some(_)) = (stored, set.duplicate_window)
                 && let Err(e) = store.record_ack(id, ack.clone()).await
             {
@@ -1239,6 +1247,20 @@ impl Intake {
 }
 
 type Stored = Option<(Arc<dyn Store>, courier_store::MessageId)>;
+
+/// The answer a stored message gets when it was decided before the store write, so it went
+/// into the same commit (for duplicate replay): `Some(None)` when the sender asked for no
+/// ACK of that kind (MSH-15), `None` when it waits for a delivery and is kept afterwards.
+type Decided = Option<Option<Bytes>>;
+
+/// Which kind of answer a listener sends for a stored message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum AckStyle {
+    /// An HL7 ACK (MSA), as MSH-15/16 ask.
+    Hl7,
+    /// MLLP release 2's commit acknowledgement.
+    Commit,
+}
 
 impl Intake {
     /// MLLP release 2: the answer is a commit acknowledgement, ACK once the message is
@@ -1266,8 +1288,8 @@ impl Intake {
         };
         let control_id = msg.control_id().unwrap_or_default();
         let env = Envelope::of(&msg);
-        let (answer, stored) = self
-            .process_durable(set, store, &msg, &env, &control_id, peer)
+        let (answer, stored, decided) = self
+            .process_durable(set, store, &msg, &env, peer, AckStyle::Commit)
             .await;
         let elapsed_us = started.elapsed().as_micros() as u64;
         let reply = match (&answer, &stored) {
@@ -1288,7 +1310,7 @@ impl Intake {
                 courier_mllp::COMMIT_ACK
             }
         };
-        if let (Some((store, id)), Some(_)) = (&stored, set.duplicate_window)
+        if let (None, Some((store, id)), Some(_)) = (decided, &stored, set.duplicate_window)
             && let Err(e) = store
                 .record_ack(*id, Bytes::from_static(courier_mllp::COMMIT_ACK))
                 .await
@@ -1318,6 +1340,7 @@ impl Intake {
                 sending_facility: String::new(),
                 patient_id: String::new(),
                 raw: frame.clone(),
+                ack: None,
             })
             .await;
         let id = match journaled {
@@ -1380,9 +1403,10 @@ impl Intake {
         store: &Arc<dyn Store>,
         msg: &Message,
         env: &Envelope,
-        control_id: &str,
         peer: &PeerInfo,
-    ) -> (Answer, Stored) {
+        style: AckStyle,
+    ) -> (Answer, Stored, Decided) {
+        let control_id = msg.control_id().unwrap_or_default();
         let msh = |n: usize| msg.get(&Path::new("MSH").with_field(n)).unwrap_or_default();
         let (sending_application, sending_facility) = (msh(3), msh(4));
         if let Some(window) = set.duplicate_window {
@@ -1390,26 +1414,26 @@ impl Intake {
                 .checked_sub(window)
                 .unwrap_or(SystemTime::UNIX_EPOCH);
             match store
-                .find_duplicate(&sending_application, &sending_facility, control_id, since)
+                .find_duplicate(&sending_application, &sending_facility, &control_id, since)
                 .await
             {
                 Ok(Some(dup)) => {
                     if let Some(ack) = dup.ack {
-                        return (Answer::Replay(ack), None);
+                        return (Answer::Replay(ack), None, None);
                     }
                     // The original is stored but was not answered (e.g. a crash before its
                     // ACK): it is being handled already, so accept without a second copy.
-                    return (Answer::Accepted { copies: 0 }, None);
+                    return (Answer::Accepted { copies: 0 }, None, None);
                 }
                 Ok(None) => {}
                 Err(e) => warn!(error = %e, "duplicate check failed; processing the message"),
             }
         }
-        let message = NewMessage {
+        let mut message = NewMessage {
             received_at: SystemTime::now(),
             listener: self.listener.to_string(),
             peer: peer.peer.to_string(),
-            control_id: control_id.to_owned(),
+            control_id,
             message_type: env.message_type.clone(),
             sending_application,
             sending_facility,
@@ -1417,12 +1441,25 @@ impl Intake {
                 .get(&Path::new("PID").with_field(3).with_component(1))
                 .unwrap_or_default(),
             raw: msg.encode(),
+            ack: None,
         };
         // The steps run before anything is written, so the raw message and its processing
         // share one commit; if that commit fails nothing is stored, and the sender gets AE and
         // sends the message again.
         let (version, processed) = self.pipeline.process(&self.listener, env, msg).await;
-        let copies = processed.copies.len();
+        // Unless it waits for a delivery, the answer is known now: its ACK is built here and
+        // kept in the same commit, rather than in a second write the sender would wait for.
+        let answer = self.answer_when_stored(set, env, &processed);
+        let decided: Decided = answer.as_ref().map(|answer| match style {
+            AckStyle::Hl7 => {
+                let (code, error) = answer.code();
+                self.ack_for(msg, code, error)
+            }
+            AckStyle::Commit => Some(Bytes::from_static(courier_mllp::COMMIT_ACK)),
+        });
+        if set.duplicate_window.is_some() {
+            message.ack = decided.clone().flatten();
+        }
         let (id, ids) = match store
             .journal_processed(message, processed.processing(&version))
             .await
@@ -1444,20 +1481,57 @@ impl Intake {
                         },
                     ),
                     None,
+                    None,
                 );
             }
         };
         let stored = Some((store.clone(), id));
-        if let Some(answer) = self.step_answer(set, &processed) {
-            return (answer, stored);
+        match answer {
+            Some(answer) => (answer, stored, decided),
+            None => (self.wait_for_delivery(set, &ids).await, stored, None),
+        }
+    }
+
+    /// The answer to a message once it is stored, unless it waits for a delivery (`None`).
+    fn answer_when_stored(
+        &self,
+        set: &IntakeSettings,
+        env: &Envelope,
+        processed: &Processed,
+    ) -> Option<Answer> {
+        if let Some(answer) = self.step_answer(set, processed) {
+            return Some(answer);
         }
         if processed.matched == 0 {
-            return (self.unrouted_answer(set, env), stored);
+            return Some(self.unrouted_answer(set, env));
         }
-        if copies == 0 || set.ack_policy != AckPolicy::AfterDelivery {
-            return (Answer::Accepted { copies }, stored);
+        if processed.copies.is_empty() || set.ack_policy != AckPolicy::AfterDelivery {
+            return Some(Answer::Accepted {
+                copies: processed.copies.len(),
+            });
         }
-        (self.wait_for_delivery(set, &ids).await, stored)
+        None
+    }
+
+    /// The ACK for a final answer, in the mode the sender asked for: `None` when its MSH-15
+    /// wants no ACK of that kind.
+    fn ack_for(&self, msg: &Message, code: AckCode, error: Option<&AckError>) -> Option<Bytes> {
+        let code = match AckMode::of(msg) {
+            AckMode::Original => code,
+            AckMode::Enhanced { accept, .. } => {
+                if !accept.wants(code.is_accept()) {
+                    return None;
+                }
+                commit_code(code)
+            }
+        };
+        Some(build_ack(
+            msg,
+            code,
+            error,
+            &self.ack_ids.next(),
+            &hl7_now(),
+        ))
     }
 
     /// `after-delivery`: the destinations' verdict, relayed.

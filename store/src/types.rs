@@ -78,6 +78,10 @@ pub struct NewMessage {
     pub patient_id: String,
     /// The message exactly as received.
     pub raw: Bytes,
+    /// The ACK the sender gets, when it is decided before the message is stored (it does not
+    /// wait for a delivery): kept in the same commit for duplicate replay, so answering needs
+    /// no second write (see [`Store::record_ack`](crate::Store::record_ack) for the others).
+    pub ack: Option<Bytes>,
 }
 
 impl fmt::Debug for NewMessage {
@@ -92,6 +96,7 @@ impl fmt::Debug for NewMessage {
             .field("sending_facility", &self.sending_facility)
             .field("patient_id", &Redacted(&self.patient_id))
             .field("raw", &Len(&self.raw))
+            .field("ack", &self.ack.as_deref().map(Len))
             .finish()
     }
 }
@@ -810,6 +815,7 @@ mod tests {
             raw: Bytes::from_static(
                 b"MSH|^~\\&|REG|CLINIC|||||ADT^A01|CTRL1|P|2.5\rPID|||PAT-SECRET",
             ),
+            ack: None,
         };
         let shown = format!("{m:?}");
         assert!(!shown.contains("PAT-SECRET"), "{shown}");

@@ -20,6 +20,7 @@ fn message(control_id: &str) -> NewMessage {
         sending_facility: "FAC".into(),
         patient_id: "1".into(),
         raw: Bytes::from_static(b"MSH|^~\\&|REG|FAC\r"),
+        ack: None,
     }
 }
 

@@ -171,8 +171,8 @@ pub(crate) fn journal(conn: &Connection, m: &NewMessage) -> OpResult<MessageId> 
         m.patient_id,
     ])?;
     let id = conn.last_insert_rowid();
-    conn.prepare_cached("INSERT INTO message_bodies (message_id, raw) VALUES (?1, ?2)")?
-        .execute(params![id, &m.raw[..]])?;
+    conn.prepare_cached("INSERT INTO message_bodies (message_id, raw, ack) VALUES (?1, ?2, ?3)")?
+        .execute(params![id, &m.raw[..], m.ack.as_deref()])?;
     Ok(MessageId(id))
 }
 
@@ -353,6 +353,7 @@ pub(crate) fn unprocessed(conn: &Connection) -> OpResult<Vec<StoredMessage>> {
                 sending_facility: r.get(7)?,
                 patient_id: r.get(8)?,
                 raw: Bytes::from(r.get::<_, Vec<u8>>(9)?),
+                ack: None,
             },
         })
     })?;

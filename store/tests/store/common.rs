@@ -42,6 +42,7 @@ pub fn message_at(control_id: &str, patient_id: &str, received_at: SystemTime) -
             "MSH|^~\\&|REG|CLINIC|EMR|CLINIC|20240101||ADT^A01^ADT_A01|{control_id}|P|2.5\r\
              PID|1||{patient_id}^^^CLINIC||DOE^JANE\r"
         )),
+        ack: None,
     }
 }
 
