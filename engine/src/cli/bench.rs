@@ -39,7 +39,8 @@ pub struct BenchArgs {
     #[arg(long, value_parser = humantime::parse_duration)]
     duration: Option<Duration>,
     /// Files of messages to send in turn (as `courier send` reads them); each copy gets a
-    /// unique MSH-10. Default: a built-in ADT^A04, ORM^O01 and ORU^R01.
+    /// unique MSH-10. Default: a built-in ADT^A04, ORM^O01 and ORU^R01, in turn for one
+    /// patient after another (a new PID-3.1 every three messages).
     #[arg(long)]
     corpus: Vec<PathBuf>,
     /// How long to wait for an ACK before counting a timeout (and closing that connection).
@@ -50,16 +51,26 @@ pub struct BenchArgs {
     json: bool,
 }
 
-/// A message with a hole where MSH-10 goes.
+/// A message with holes where MSH-10 and (in the built-in messages) PID-3.1 go.
 struct Template {
-    before: Bytes,
-    after: Bytes,
+    /// The bytes around the holes: one more piece than holes.
+    pieces: Vec<Bytes>,
+    holes: Vec<Hole>,
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Hole {
+    ControlId,
+    Patient,
 }
 
 const MARK: &str = "COURIERBENCHID";
+const PATIENT_MARK: &str = "COURIERBENCHMRN";
 
 impl Template {
-    fn of(raw: Bytes) -> anyhow::Result<Template> {
+    /// `vary_patient`: PID-3.1 becomes a hole too (the built-in messages), so the traffic
+    /// spans many patients as a clinic's does; a corpus is sent as it is apart from MSH-10.
+    fn of(raw: Bytes, vary_patient: bool) -> anyhow::Result<Template> {
         let options = ParseOptions {
             line_endings: LineEndings::Lenient,
             ..ParseOptions::default()
@@ -68,20 +79,48 @@ impl Template {
             Message::parse_with(raw, &options).context("a corpus message does not parse")?;
         msg.set(&HlPath::new("MSH").with_field(10), MARK)
             .context("setting MSH-10")?;
+        let pid = HlPath::new("PID").with_field(3).with_component(1);
+        let vary_patient = vary_patient && msg.get(&pid).is_some();
+        if vary_patient {
+            msg.set(&pid, PATIENT_MARK).context("setting PID-3.1")?;
+        }
         let bytes = msg.encode();
-        let at = memchr::memmem::find(&bytes, MARK.as_bytes()).context("MSH-10 not found")?;
+        let mut holes = vec![(
+            memchr::memmem::find(&bytes, MARK.as_bytes()).context("MSH-10 not found")?,
+            MARK.len(),
+            Hole::ControlId,
+        )];
+        if vary_patient {
+            let at = memchr::memmem::find(&bytes, PATIENT_MARK.as_bytes())
+                .context("PID-3.1 not found")?;
+            holes.push((at, PATIENT_MARK.len(), Hole::Patient));
+        }
+        holes.sort_by_key(|h| h.0);
+        let mut pieces = Vec::with_capacity(holes.len() + 1);
+        let mut from = 0;
+        for &(at, len, _) in &holes {
+            pieces.push(bytes.slice(from..at));
+            from = at + len;
+        }
+        pieces.push(bytes.slice(from..));
         Ok(Template {
-            before: bytes.slice(..at),
-            after: bytes.slice(at + MARK.len()..),
+            pieces,
+            holes: holes.into_iter().map(|h| h.2).collect(),
         })
     }
 
-    fn with(&self, control_id: &str) -> Bytes {
-        let mut b =
-            BytesMut::with_capacity(self.before.len() + control_id.len() + self.after.len());
-        b.extend_from_slice(&self.before);
-        b.extend_from_slice(control_id.as_bytes());
-        b.extend_from_slice(&self.after);
+    fn with(&self, control_id: &str, patient: &str) -> Bytes {
+        let len =
+            self.pieces.iter().map(Bytes::len).sum::<usize>() + control_id.len() + patient.len();
+        let mut b = BytesMut::with_capacity(len);
+        for (i, piece) in self.pieces.iter().enumerate() {
+            b.extend_from_slice(piece);
+            match self.holes.get(i) {
+                Some(Hole::ControlId) => b.extend_from_slice(control_id.as_bytes()),
+                Some(Hole::Patient) => b.extend_from_slice(patient.as_bytes()),
+                None => {}
+            }
+        }
         b.freeze()
     }
 }
@@ -131,7 +170,8 @@ pub fn bench(args: &BenchArgs) -> anyhow::Result<ExitCode> {
     if args.connections == 0 || args.in_flight == 0 {
         bail!("--connections and --in-flight must be at least 1");
     }
-    let raw = if args.corpus.is_empty() {
+    let built_in_messages = args.corpus.is_empty();
+    let raw = if built_in_messages {
         built_in()
     } else {
         let mut all = Vec::new();
@@ -145,7 +185,7 @@ pub fn bench(args: &BenchArgs) -> anyhow::Result<ExitCode> {
     }
     let templates: Arc<Vec<Template>> = Arc::new(
         raw.into_iter()
-            .map(Template::of)
+            .map(|raw| Template::of(raw, built_in_messages))
             .collect::<anyhow::Result<_>>()?,
     );
     let total = match (args.messages, args.duration) {
@@ -302,8 +342,12 @@ impl Connection {
             permit.forget();
             let Some(n) = self.take() else { break };
             let control_id = format!("B{}-{}-{n}", self.run, self.id);
-            let template = &self.templates[n as usize % self.templates.len()];
-            let bytes = template.with(&control_id);
+            let templates = self.templates.len() as u64;
+            let template = &self.templates[(n % templates) as usize];
+            // Each built-in patient is registered, then has an order and then a result: the
+            // sequence repeats for the next patient, as at a clinic's front desk.
+            let patient = format!("{}", 100_000 + n / templates);
+            let bytes = template.with(&control_id, &patient);
             sent.lock()
                 .expect("sent")
                 .push_back((control_id, Instant::now()));
@@ -373,4 +417,45 @@ fn report(args: &BenchArgs, tally: &mut Tally, elapsed: Duration) -> anyhow::Res
     } else {
         ExitCode::from(1)
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn field(bytes: Bytes, path: &str) -> Option<String> {
+        let msg = Message::parse(bytes).expect("parses");
+        let (segment, rest) = path.split_once('-').expect("SEG-n[.n]");
+        let (field, component) = match rest.split_once('.') {
+            Some((f, c)) => (f.parse().unwrap(), Some(c.parse().unwrap())),
+            None => (rest.parse().unwrap(), None),
+        };
+        let mut p = HlPath::new(segment).with_field(field);
+        if let Some(c) = component {
+            p = p.with_component(c);
+        }
+        msg.get(&p)
+    }
+
+    #[test]
+    fn built_in_messages_get_the_control_id_and_patient_given() {
+        for raw in built_in() {
+            let t = Template::of(raw.clone(), true).unwrap();
+            let out = t.with("B1-0-7", "100042");
+            assert_eq!(field(out.clone(), "MSH-10").as_deref(), Some("B1-0-7"));
+            assert_eq!(field(out.clone(), "PID-3.1").as_deref(), Some("100042"));
+            // Nothing else moves: the other fields are those of the message as written.
+            assert_eq!(field(out.clone(), "MSH-9"), field(raw.clone(), "MSH-9"));
+            assert_eq!(field(out, "PID-5"), field(raw, "PID-5"));
+        }
+    }
+
+    #[test]
+    fn a_corpus_message_keeps_its_patient() {
+        let raw = built_in().remove(1);
+        let t = Template::of(raw, false).unwrap();
+        let out = t.with("C9", "100042");
+        assert_eq!(field(out.clone(), "MSH-10").as_deref(), Some("C9"));
+        assert_eq!(field(out, "PID-3.1").as_deref(), Some("100234"));
+    }
 }
