@@ -208,7 +208,7 @@ impl Store for SqliteStore {
     ) -> Result<Vec<DeliveryId>, StoreError> {
         self.writer
             .submit("complete_processing", move |c| {
-                ops::complete_processing(c, id, &processing, None)
+                ops::complete_processing(c, id, &processing)
             })
             .await
     }
@@ -220,9 +220,7 @@ impl Store for SqliteStore {
     ) -> Result<(MessageId, Vec<DeliveryId>), StoreError> {
         self.writer
             .submit("journal_processed", move |c| {
-                let id = ops::journal(c, &message)?;
-                let deliveries = ops::complete_processing(c, id, &processing, Some(&message.raw))?;
-                Ok((id, deliveries))
+                ops::journal_processed(c, &message, &processing)
             })
             .await
     }

@@ -34,7 +34,7 @@ macro_rules! pending {
 
 /// A delivery's payload (`d` is the delivery): its own row when it has one, else the output of
 /// the last step of its route that changed the message, else the message as received. This is
-/// the rule `complete_processing` relies on when it leaves the row out.
+/// the rule `record_processing` relies on when it leaves the row out.
 macro_rules! payload {
     () => {
         "coalesce(
@@ -155,10 +155,22 @@ pub(crate) mod sql {
 // Journal and processing
 
 pub(crate) fn journal(conn: &Connection, m: &NewMessage) -> OpResult<MessageId> {
+    journal_as(conn, m, None)
+}
+
+/// Journals a message, already processed when `processed` is given: its row is written with
+/// the final status at once, rather than as `received` and then updated in the same commit
+/// (a second write of the row and of its status index entry).
+fn journal_as(
+    conn: &Connection,
+    m: &NewMessage,
+    processed: Option<&Processing>,
+) -> OpResult<MessageId> {
+    let status = processed.map_or(MessageStatus::Received, |p| MessageStatus::from(p.status));
     conn.prepare_cached(
         "INSERT INTO messages (received_at, listener, peer, control_id, message_type,
-             sending_application, sending_facility, patient_id)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+             sending_application, sending_facility, patient_id, status, reason, processed_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
     )?
     .execute(params![
         micros(m.received_at),
@@ -169,6 +181,9 @@ pub(crate) fn journal(conn: &Connection, m: &NewMessage) -> OpResult<MessageId> 
         m.sending_application,
         m.sending_facility,
         m.patient_id,
+        status.as_str(),
+        processed.and_then(|p| p.reason.as_deref()),
+        processed.map(|_| now_micros()),
     ])?;
     let id = conn.last_insert_rowid();
     conn.prepare_cached("INSERT INTO message_bodies (message_id, raw, ack) VALUES (?1, ?2, ?3)")?
@@ -176,24 +191,16 @@ pub(crate) fn journal(conn: &Connection, m: &NewMessage) -> OpResult<MessageId> 
     Ok(MessageId(id))
 }
 
-/// Records what processing made of a message and queues its deliveries. `raw`: the message as
-/// received, when the caller has it at hand (otherwise it is read back if a delivery needs it).
-///
-/// A delivery whose payload is what its route's steps already recorded gets no payload row of
-/// its own: the output of the route's last step that changed the message, or the message as
-/// received when none did. The readers fall back the same way ([`sql::PAYLOAD`]), so each
-/// version of a message is written once, not once as a step's output and again as a payload.
+/// Records what processing made of a journaled message and queues its deliveries.
 pub(crate) fn complete_processing(
     conn: &Connection,
     id: MessageId,
     p: &Processing,
-    raw: Option<&[u8]>,
 ) -> OpResult<Vec<DeliveryId>> {
     let status = message_status_of(conn, id)?;
     if status != MessageStatus::Received {
         return Err(StoreError::AlreadyProcessed { id, status }.into());
     }
-    let now = now_micros();
     conn.prepare_cached(
         "UPDATE messages SET status = ?2, reason = ?3, processed_at = ?4 WHERE id = ?1",
     )?
@@ -201,8 +208,36 @@ pub(crate) fn complete_processing(
         id.0,
         MessageStatus::from(p.status).as_str(),
         p.reason,
-        now
+        now_micros()
     ])?;
+    record_processing(conn, id, p, None)
+}
+
+/// Journals a message together with what processing made of it, in one job.
+pub(crate) fn journal_processed(
+    conn: &Connection,
+    m: &NewMessage,
+    p: &Processing,
+) -> OpResult<(MessageId, Vec<DeliveryId>)> {
+    let id = journal_as(conn, m, Some(p))?;
+    Ok((id, record_processing(conn, id, p, Some(&m.raw))?))
+}
+
+/// The steps and deliveries of a processed message (its status is already recorded). `raw`:
+/// the message as received, when the caller has it at hand (otherwise it is read back if a
+/// delivery needs it).
+///
+/// A delivery whose payload is what its route's steps already recorded gets no payload row of
+/// its own: the output of the route's last step that changed the message, or the message as
+/// received when none did. The readers fall back the same way ([`sql::PAYLOAD`]), so each
+/// version of a message is written once, not once as a step's output and again as a payload.
+fn record_processing(
+    conn: &Connection,
+    id: MessageId,
+    p: &Processing,
+    raw: Option<&[u8]>,
+) -> OpResult<Vec<DeliveryId>> {
+    let now = now_micros();
     let mut insert_step = conn.prepare_cached(
         "INSERT INTO steps (message_id, seq, route, step, kind, content_hash, outcome, output,
              reason)
