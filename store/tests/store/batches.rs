@@ -234,6 +234,31 @@ async fn journal_processed_is_one_commit_and_queues_the_deliveries() {
     let detail = store.message(id).await.unwrap().unwrap();
     assert_eq!(detail.status, MessageStatus::Processed);
     assert!(store.unprocessed().await.unwrap().is_empty());
+    assert!(detail.processed_at.is_some());
     let d = claim(&store, "emr", DeliveryOrder::Strict, t(0)).await;
     assert_eq!(payload(&d), "to-emr");
+
+    // A filtered one keeps its reason, and the ACK decided before the write is kept with it.
+    let mut m = message("M2", "P2");
+    m.ack = Some(Bytes::from_static(b"MSH|^~\\&|ACK\rMSA|AA|M2\r"));
+    let (id, deliveries) = store
+        .journal_processed(
+            m,
+            courier_store::Processing {
+                status: courier_store::ProcessingStatus::Filtered,
+                reason: Some("test patient".into()),
+                steps: Vec::new(),
+                deliveries: Vec::new(),
+            },
+        )
+        .await
+        .unwrap();
+    assert!(deliveries.is_empty());
+    let detail = store.message(id).await.unwrap().unwrap();
+    assert_eq!(detail.status, MessageStatus::Filtered);
+    assert_eq!(detail.reason.as_deref(), Some("test patient"));
+    assert_eq!(
+        detail.ack.as_deref(),
+        Some(&b"MSH|^~\\&|ACK\rMSA|AA|M2\r"[..])
+    );
 }
