@@ -46,6 +46,101 @@ macro_rules! payload {
     };
 }
 
+/// Where a delivery's payload is kept, by the rule of [`payload!`]: the rowid of its own
+/// payload row, else of its route's last changing step (the message as received when both are
+/// NULL). Claims read the bytes from there with [`read_payload`].
+macro_rules! payload_source {
+    () => {
+        "(SELECT p.delivery_id FROM delivery_payloads p WHERE p.delivery_id = d.id),
+         (SELECT s.id FROM steps s
+          WHERE s.message_id = d.message_id AND s.route = d.route AND s.outcome = 'changed'
+          ORDER BY s.seq DESC LIMIT 1)"
+    };
+}
+
+/// Blobs from this size on are written in two moves: the row is inserted with a zeroblob of the
+/// blob's length, then the bytes go straight into its pages through SQLite's incremental blob
+/// I/O ([`fill_large`]). Bound as a parameter, SQLite copies a blob twice before it reaches
+/// the pages (the bound value, then the record it builds): for a 1 MiB message that was 2 MiB
+/// of the engine's peak memory, for one write.
+const LARGE_BLOB: usize = 64 * 1024;
+
+/// A blob parameter: the bytes themselves when small, a zeroblob of their length when large
+/// (then filled by [`fill_large`] once the row exists).
+struct BlobParam<'a>(&'a [u8]);
+
+impl rusqlite::ToSql for BlobParam<'_> {
+    fn to_sql(&self) -> rusqlite::Result<rusqlite::types::ToSqlOutput<'_>> {
+        use rusqlite::types::{ToSqlOutput, ValueRef};
+        if self.0.len() < LARGE_BLOB {
+            return Ok(ToSqlOutput::Borrowed(ValueRef::Blob(self.0)));
+        }
+        Ok(ToSqlOutput::ZeroBlob(self.0.len() as u64))
+    }
+}
+
+/// Writes a large blob into the zeroblob [`BlobParam`] left in `table.column` of row `rowid`;
+/// nothing to do for a small one.
+fn fill_large(
+    conn: &Connection,
+    table: &'static str,
+    column: &'static str,
+    rowid: i64,
+    bytes: &[u8],
+) -> OpResult<()> {
+    if bytes.len() >= LARGE_BLOB {
+        conn.blob_open(rusqlite::MAIN_DB, table, column, rowid, false)?
+            .write_at(bytes, 0)?;
+    }
+    Ok(())
+}
+
+/// A delivery's payload from the place [`payload_source!`] found: a small one read as a
+/// column; a large one read through blob I/O into a buffer of its exact size, rather than
+/// assembled from its overflow pages by SQLite and then copied again into a `Vec`.
+fn read_payload(
+    conn: &Connection,
+    own: Option<i64>,
+    step: Option<i64>,
+    message: i64,
+) -> OpResult<Vec<u8>> {
+    let (sql, table, column, rowid) = match (own, step) {
+        (Some(id), _) => (
+            "SELECT length(payload), CASE WHEN length(payload) < ?2 THEN payload END
+             FROM delivery_payloads WHERE delivery_id = ?1",
+            "delivery_payloads",
+            "payload",
+            id,
+        ),
+        (None, Some(id)) => (
+            "SELECT length(output), CASE WHEN length(output) < ?2 THEN output END
+             FROM steps WHERE id = ?1",
+            "steps",
+            "output",
+            id,
+        ),
+        (None, None) => (
+            "SELECT length(raw), CASE WHEN length(raw) < ?2 THEN raw END
+             FROM message_bodies WHERE message_id = ?1",
+            "message_bodies",
+            "raw",
+            message,
+        ),
+    };
+    let (len, small): (i64, Option<Vec<u8>>) = conn
+        .prepare_cached(sql)?
+        .query_row(params![rowid, LARGE_BLOB as i64], |r| {
+            Ok((r.get(0)?, r.get(1)?))
+        })?;
+    if let Some(bytes) = small {
+        return Ok(bytes);
+    }
+    let mut buf = vec![0; usize::try_from(len).unwrap_or_default()];
+    conn.blob_open(rusqlite::MAIN_DB, table, column, rowid, true)?
+        .read_at_exact(&mut buf, 0)?;
+    Ok(buf)
+}
+
 /// The hot queries, named so a test can check their plans use the indexes.
 pub(crate) mod sql {
     pub(crate) const FIND_DUPLICATE: &str = "SELECT m.id, m.status, b.ack
@@ -187,7 +282,8 @@ fn journal_as(
     ])?;
     let id = conn.last_insert_rowid();
     conn.prepare_cached("INSERT INTO message_bodies (message_id, raw, ack) VALUES (?1, ?2, ?3)")?
-        .execute(params![id, &m.raw[..], m.ack.as_deref()])?;
+        .execute(params![id, BlobParam(&m.raw), m.ack.as_deref()])?;
+    fill_large(conn, "message_bodies", "raw", id, &m.raw)?;
     Ok(MessageId(id))
 }
 
@@ -256,9 +352,12 @@ fn record_processing(
             s.kind,
             s.content_hash,
             s.outcome.as_str(),
-            output,
+            output.map(BlobParam),
             s.reason,
         ])?;
+        if let Some(output) = output {
+            fill_large(conn, "steps", "output", conn.last_insert_rowid(), output)?;
+        }
     }
     let read_back;
     let raw = match raw {
@@ -292,7 +391,8 @@ fn record_processing(
             conn.prepare_cached(
                 "INSERT INTO delivery_payloads (delivery_id, payload) VALUES (?1, ?2)",
             )?
-            .execute(params![delivery.0, &d.payload[..]])?;
+            .execute(params![delivery.0, BlobParam(&d.payload)])?;
+            fill_large(conn, "delivery_payloads", "payload", delivery.0, &d.payload)?;
         }
         ids.push(delivery);
     }
@@ -494,7 +594,7 @@ pub(crate) fn claim_batch(
     )?;
     let mut read = conn.prepare_cached(concat!(
         "SELECT d.id, d.message_id, d.route, d.destination, ",
-        payload!(),
+        payload_source!(),
         ", m.control_id, m.message_type, d.order_key, d.attempts, d.possible_duplicate,
                 m.received_at
              FROM deliveries d
@@ -504,21 +604,24 @@ pub(crate) fn claim_batch(
     let mut batch = Vec::with_capacity(picked.len());
     for id in picked {
         mark.execute(params![id, now])?;
-        batch.push(read.query_row([id], |r| {
-            Ok(ClaimedDelivery {
+        let (mut delivery, own, step) = read.query_row([id], |r| {
+            let delivery = ClaimedDelivery {
                 id: DeliveryId(r.get(0)?),
                 message_id: MessageId(r.get(1)?),
                 route: r.get(2)?,
                 destination: r.get(3)?,
-                payload: Bytes::from(r.get::<_, Vec<u8>>(4)?),
-                control_id: r.get(5)?,
-                message_type: r.get(6)?,
-                order_key: r.get(7)?,
-                attempts: count_u32(r.get(8)?),
-                possible_duplicate: r.get(9)?,
-                received_at: time(r.get(10)?),
-            })
-        })?);
+                payload: Bytes::new(),
+                control_id: r.get(6)?,
+                message_type: r.get(7)?,
+                order_key: r.get(8)?,
+                attempts: count_u32(r.get(9)?),
+                possible_duplicate: r.get(10)?,
+                received_at: time(r.get(11)?),
+            };
+            Ok((delivery, r.get(4)?, r.get(5)?))
+        })?;
+        delivery.payload = Bytes::from(read_payload(conn, own, step, delivery.message_id.0)?);
+        batch.push(delivery);
     }
     Ok(Claim::Ready(batch))
 }

@@ -262,3 +262,67 @@ async fn journal_processed_is_one_commit_and_queues_the_deliveries() {
         Some(&b"MSH|^~\\&|ACK\rMSA|AA|M2\r"[..])
     );
 }
+
+/// Large bodies (written and read through SQLite's blob I/O) come back byte for byte from each
+/// place a payload can be kept: the message as received, a step's output, a payload of its own.
+#[tokio::test]
+async fn large_payloads_round_trip_from_each_place_they_are_kept() {
+    use courier_store::{NewDelivery, Processing, ProcessingStatus, StepOutcome, StepRecord};
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    let big = |fill: u8, len: usize| -> Bytes {
+        // Not one repeated byte: an offset mistake would show.
+        Bytes::from(
+            (0..len)
+                .map(|i| fill.wrapping_add((i % 251) as u8))
+                .collect::<Vec<u8>>(),
+        )
+    };
+    let mut m = message("BIG1", "P1");
+    m.raw = big(1, 300_000);
+    let stepped = big(2, 200_000);
+    let own = big(3, 150_000);
+    let small = big(4, 1_000);
+    let to = |route: &str, destination: &str, payload: &Bytes| NewDelivery {
+        route: route.into(),
+        destination: destination.into(),
+        payload: payload.clone(),
+        order_key: String::new(),
+    };
+    let (id, _) = store
+        .journal_processed(
+            m.clone(),
+            Processing {
+                status: ProcessingStatus::Processed,
+                reason: None,
+                steps: vec![StepRecord {
+                    route: "mapped".into(),
+                    step: "map".into(),
+                    kind: "wasm-transform".into(),
+                    content_hash: "h".into(),
+                    outcome: StepOutcome::Changed(stepped.clone()),
+                    reason: None,
+                }],
+                deliveries: vec![
+                    to("as-received", "raw", &m.raw),
+                    to("mapped", "step", &stepped),
+                    to("other", "own", &own),
+                    to("other", "small", &small),
+                ],
+            },
+        )
+        .await
+        .unwrap();
+    for (destination, want) in [
+        ("raw", &m.raw),
+        ("step", &stepped),
+        ("own", &own),
+        ("small", &small),
+    ] {
+        let d = claim(&store, destination, DeliveryOrder::Strict, t(0)).await;
+        assert_eq!(d.payload.len(), want.len(), "{destination}");
+        assert!(d.payload == *want, "{destination}: the bytes differ");
+    }
+    let detail = store.message(id).await.unwrap().unwrap();
+    assert!(detail.raw == m.raw);
+}
