@@ -154,6 +154,24 @@ impl MllpCodec {
         self.untaken_skipped += n as u64;
     }
 
+    /// Makes room for more of a large frame that has filled the buffer, by half again what is
+    /// buffered (at most up to the frame limit). Left to the reader, a full buffer doubles, so
+    /// a 1 MiB message would end in a 2 MiB allocation that stays as long as the message does
+    /// (its bytes are shared, not copied, all the way to the store).
+    fn grow(&self, buf: &mut BytesMut) {
+        const LARGE: usize = 64 * 1024;
+        let len = buf.len();
+        if len < LARGE || buf.capacity() - len >= LARGE / 16 {
+            return;
+        }
+        let want = (len + len / 2).min(self.max_frame_size.saturating_add(2));
+        if want > len {
+            let mut bigger = BytesMut::with_capacity(want);
+            bigger.extend_from_slice(buf);
+            *buf = bigger;
+        }
+    }
+
     fn too_large(&mut self, buf: &mut BytesMut) -> CodecError {
         // Drop what we hold so memory stays bounded even if the caller keeps decoding;
         // the rest of the oversize frame will be skipped up to the next start block.
@@ -242,6 +260,7 @@ impl Decoder for MllpCodec {
                     match found {
                         None => {
                             self.state = State::InFrame { scanned: buf.len() };
+                            self.grow(buf);
                             return Ok(None);
                         }
                         Some(at) if buf[at] == START_BLOCK => {
@@ -307,6 +326,42 @@ impl Encoder<Bytes> for MllpCodec {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    /// A large frame read the way `FramedRead` reads (grow by `reserve(1)` when full, then
+    /// fill the spare room) ends in a buffer about 1.5 times its size, not twice.
+    #[test]
+    fn a_large_frame_grows_the_buffer_by_half_not_double() {
+        let payload = vec![b'x'; 1 << 20];
+        let mut wire = vec![START_BLOCK];
+        wire.extend_from_slice(&payload);
+        wire.extend_from_slice(&[END_BLOCK, CARRIAGE_RETURN]);
+        let mut codec = MllpCodec::new(4 << 20);
+        let mut buf = BytesMut::with_capacity(8 * 1024);
+        let mut sent = 0;
+        let mut largest = 0;
+        let frame = loop {
+            if buf.len() == buf.capacity() {
+                buf.reserve(1);
+            }
+            let n = (buf.capacity() - buf.len()).min(wire.len() - sent);
+            buf.extend_from_slice(&wire[sent..sent + n]);
+            sent += n;
+            largest = largest.max(buf.capacity());
+            if let Some(frame) = codec.decode(&mut buf).unwrap() {
+                break frame;
+            }
+            assert!(
+                sent < wire.len(),
+                "the whole frame was read without a frame coming out"
+            );
+        };
+        assert_eq!(frame, payload);
+        assert!(
+            largest <= (1 << 20) * 8 / 5,
+            "the buffer grew to {largest} bytes for a {} byte frame",
+            payload.len()
+        );
+    }
 
     /// What a run of the decoder produced: frames in order, then the error that stopped it
     /// (as text), and the counters.
