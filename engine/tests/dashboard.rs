@@ -153,9 +153,36 @@ impl Driver {
         }
     }
 
+    /// Finds `css` and runs `action` on the element (`/element/ID` + `action`), finding it
+    /// again when the page replaced it in between (the dashboard redraws its lists as they
+    /// refresh): WebDriver then answers "stale element reference".
+    fn on_element(&self, css: &str, method: &str, action: &str, body: Value) -> Value {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let e = self.find(css);
+            let path = format!("/session/{}/element/{e}{action}", self.session);
+            let sent = if method == "GET" {
+                Vec::new()
+            } else {
+                body.to_string().into_bytes()
+            };
+            let (status, text) = http(self.addr, method, &path, None, &sent);
+            let v: Value = serde_json::from_str(&text)
+                .unwrap_or_else(|e| panic!("{method} {path}: {status} {e}: {text}"));
+            if status == 200 {
+                return v["value"].clone();
+            }
+            let stale = v["value"]["error"] == "stale element reference";
+            assert!(
+                stale && Instant::now() < deadline,
+                "{method} {path}: {status} {v}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     fn text(&self, css: &str) -> String {
-        let e = self.find(css);
-        self.session("GET", &format!("/element/{e}/text"), Value::Null)
+        self.on_element(css, "GET", "/text", Value::Null)
             .as_str()
             .unwrap_or_default()
             .to_owned()
@@ -178,17 +205,11 @@ impl Driver {
     }
 
     fn click(&self, css: &str) {
-        let e = self.find(css);
-        self.session("POST", &format!("/element/{e}/click"), json!({}));
+        self.on_element(css, "POST", "/click", json!({}));
     }
 
     fn type_into(&self, css: &str, text: &str) {
-        let e = self.find(css);
-        self.session(
-            "POST",
-            &format!("/element/{e}/value"),
-            json!({ "text": text }),
-        );
+        self.on_element(css, "POST", "/value", json!({ "text": text }));
     }
 }
 
