@@ -261,6 +261,9 @@ pub struct WasmRuntime {
 
 struct RuntimeInner {
     engine: Engine,
+    /// The engine's settings, for the throwaway engines plugins are compiled in
+    /// (`cache::load_or_compile`).
+    config: Config,
     linker: Linker<HostState>,
     cache_dir: Option<PathBuf>,
     compat: u64,
@@ -338,6 +341,7 @@ impl WasmRuntime {
             inner: Arc::new(RuntimeInner {
                 compat: cache::compatibility_hash(&engine),
                 engine,
+                config: cfg,
                 linker,
                 cache_dir: config.cache_dir,
                 tick: config.epoch_tick,
@@ -497,6 +501,7 @@ impl WasmPlugin {
         let hash_hex = hex(&hash);
         let (component, from_cache) = cache::load_or_compile(
             &rt.engine,
+            &rt.config,
             &bytes,
             &hash_hex,
             rt.cache_dir.as_deref(),

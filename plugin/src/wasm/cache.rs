@@ -11,7 +11,7 @@ use std::hash::{Hash, Hasher};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use wasmtime::Engine;
+use wasmtime::{Config, Engine};
 use wasmtime::component::Component;
 
 /// A stable-per-build digest of everything that makes compiled code compatible with `engine`.
@@ -34,13 +34,14 @@ pub(crate) fn artefact_path(dir: &Path, content_hash: &str, compat: u64) -> Path
 /// load: it is logged and the component is compiled instead.
 pub(crate) fn load_or_compile(
     engine: &Engine,
+    config: &Config,
     bytes: &[u8],
     content_hash: &str,
     cache_dir: Option<&Path>,
     compat: u64,
 ) -> wasmtime::Result<(Component, bool)> {
     let Some(dir) = cache_dir else {
-        return Ok((Component::from_binary(engine, bytes)?, false));
+        return Ok((compile(engine, config, bytes)?.0, false));
     };
     let path = artefact_path(dir, content_hash, compat);
     if let Ok(artefact) = std::fs::read(&path) {
@@ -66,17 +67,62 @@ pub(crate) fn load_or_compile(
             }
         }
     }
-    let component = Component::from_binary(engine, bytes)?;
-    if let Err(e) = store(dir, &path, &component) {
+    let (component, artefact) = compile(engine, config, bytes)?;
+    if let Err(e) = store(dir, &path, &artefact) {
         tracing::warn!(cache_dir = %dir.display(), error = %e, "could not store the compiled plugin in the cache");
     }
     Ok((component, false))
 }
 
-fn store(dir: &Path, path: &Path, component: &Component) -> Result<(), String> {
+/// Compiles a component in an engine of its own, made from the same settings and dropped as
+/// soon as it has serialized the code, then loads that code into `engine`; returns the
+/// component and its artefact (for the cache).
+///
+/// An engine keeps Cranelift's compile contexts (buffers sized for the largest function it
+/// compiled) as long as it lives, and glibc keeps what the compiler freed: compiling the
+/// example clinic's plugins in the engine itself left it at 44 MiB resident for good, against
+/// 26 MiB when the same plugins came from this cache.
+fn compile(
+    engine: &Engine,
+    config: &Config,
+    bytes: &[u8],
+) -> wasmtime::Result<(Component, Vec<u8>)> {
+    let artefact = Engine::new(config)?.precompile_component(bytes);
+    release_freed_memory();
+    let artefact = artefact?;
+    // SAFETY: `deserialize` runs the artefact's machine code, so it must be what
+    // `precompile_component` wrote for a compatible engine, untampered. It is: the bytes were
+    // made just above, in this process, by an engine built from the very `Config` `engine` was
+    // built from, and never left memory. wasmtime checks the header (version and settings) all
+    // the same; a mismatch is handled below by compiling in `engine` itself.
+    #[allow(unsafe_code)]
+    let loaded = unsafe { Component::deserialize(engine, &artefact) };
+    match loaded {
+        Ok(component) => Ok((component, artefact)),
+        Err(e) => {
+            tracing::warn!(error = %e, "a plugin compiled apart does not load; compiling it in the engine");
+            let component = Component::from_binary(engine, bytes)?;
+            let artefact = component.serialize()?;
+            Ok((component, artefact))
+        }
+    }
+}
+
+/// Returns the pages glibc's malloc holds free to the system (it keeps them for reuse
+/// otherwise), once a compile has freed its memory.
+fn release_freed_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim has no preconditions: it only releases memory glibc holds as free,
+    // under the arenas' own locks, so it is safe from any thread at any time.
+    #[allow(unsafe_code)]
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
+fn store(dir: &Path, path: &Path, serialized: &[u8]) -> Result<(), String> {
     static COUNTER: AtomicU64 = AtomicU64::new(0);
     std::fs::create_dir_all(dir).map_err(|e| e.to_string())?;
-    let serialized = component.serialize().map_err(|e| e.to_string())?;
     let tmp = dir.join(format!(
         ".{}.{}.{}.tmp",
         path.file_name()
