@@ -11,8 +11,8 @@ use std::hash::{Hash, Hasher};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use wasmtime::{Config, Engine};
 use wasmtime::component::Component;
+use wasmtime::{Config, Engine};
 
 /// A stable-per-build digest of everything that makes compiled code compatible with `engine`.
 pub(crate) fn compatibility_hash(engine: &Engine) -> u64 {
