@@ -32,17 +32,34 @@ macro_rules! pending {
     };
 }
 
+/// A column (`"p.payload"` or `"p.delivery_id"`) of the delivery's own payload row, and one
+/// (`"s.output"` or `"s.id"`) of the last step of its route that changed the message (`d` is
+/// the delivery): the two places [`payload!`] and [`payload_source!`] look, in that order.
+macro_rules! own_then_last_change {
+    ($own:literal, $step:literal) => {
+        concat!(
+            "(SELECT ",
+            $own,
+            " FROM delivery_payloads p WHERE p.delivery_id = d.id),
+             (SELECT ",
+            $step,
+            " FROM steps s
+              WHERE s.message_id = d.message_id AND s.route = d.route AND s.outcome = 'changed'
+              ORDER BY s.seq DESC LIMIT 1)"
+        )
+    };
+}
+
 /// A delivery's payload (`d` is the delivery): its own row when it has one, else the output of
 /// the last step of its route that changed the message, else the message as received. This is
 /// the rule `record_processing` relies on when it leaves the row out.
 macro_rules! payload {
     () => {
-        "coalesce(
-            (SELECT p.payload FROM delivery_payloads p WHERE p.delivery_id = d.id),
-            (SELECT s.output FROM steps s
-             WHERE s.message_id = d.message_id AND s.route = d.route AND s.outcome = 'changed'
-             ORDER BY s.seq DESC LIMIT 1),
-            (SELECT b.raw FROM message_bodies b WHERE b.message_id = d.message_id))"
+        concat!(
+            "coalesce(",
+            own_then_last_change!("p.payload", "s.output"),
+            ", (SELECT b.raw FROM message_bodies b WHERE b.message_id = d.message_id))"
+        )
     };
 }
 
@@ -51,10 +68,7 @@ macro_rules! payload {
 /// NULL). Claims read the bytes from there with [`read_payload`].
 macro_rules! payload_source {
     () => {
-        "(SELECT p.delivery_id FROM delivery_payloads p WHERE p.delivery_id = d.id),
-         (SELECT s.id FROM steps s
-          WHERE s.message_id = d.message_id AND s.route = d.route AND s.outcome = 'changed'
-          ORDER BY s.seq DESC LIMIT 1)"
+        own_then_last_change!("p.delivery_id", "s.id")
     };
 }
 
@@ -325,7 +339,7 @@ pub(crate) fn journal_processed(
 ///
 /// A delivery whose payload is what its route's steps already recorded gets no payload row of
 /// its own: the output of the route's last step that changed the message, or the message as
-/// received when none did. The readers fall back the same way ([`sql::PAYLOAD`]), so each
+/// received when none did. The readers fall back the same way ([`payload!`]), so each
 /// version of a message is written once, not once as a step's output and again as a payload.
 fn record_processing(
     conn: &Connection,
