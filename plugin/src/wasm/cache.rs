@@ -87,7 +87,22 @@ fn compile(
     config: &Config,
     bytes: &[u8],
 ) -> wasmtime::Result<(Component, Vec<u8>)> {
-    let artefact = Engine::new(config)?.precompile_component(bytes);
+    let in_place = || -> wasmtime::Result<(Component, Vec<u8>)> {
+        let component = Component::from_binary(engine, bytes)?;
+        let artefact = component.serialize()?;
+        Ok((component, artefact))
+    };
+    let apart = match Engine::new(config) {
+        Ok(apart) => apart,
+        Err(e) => {
+            // A second engine reserves its own instance pool (address space only); where that
+            // is refused, compiling in place costs memory, not the plugin.
+            tracing::warn!(error = %e, "cannot make an engine to compile the plugin apart; compiling it in the engine");
+            return in_place();
+        }
+    };
+    let artefact = apart.precompile_component(bytes);
+    drop(apart);
     release_freed_memory();
     let artefact = artefact?;
     // SAFETY: `deserialize` runs the artefact's machine code, so it must be what
@@ -101,9 +116,7 @@ fn compile(
         Ok(component) => Ok((component, artefact)),
         Err(e) => {
             tracing::warn!(error = %e, "a plugin compiled apart does not load; compiling it in the engine");
-            let component = Component::from_binary(engine, bytes)?;
-            let artefact = component.serialize()?;
-            Ok((component, artefact))
+            in_place()
         }
     }
 }
