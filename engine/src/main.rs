@@ -4,5 +4,6 @@
 mod cli;
 
 fn main() -> std::process::ExitCode {
+    courier_plugin::memory::return_large_blocks();
     cli::main()
 }

@@ -7,6 +7,7 @@
 //! naming the plugin and the limit or fault. This crate does no network I/O and never sees
 //! the store: the engine records what a step did.
 
+pub mod memory;
 pub mod script;
 pub mod step;
 pub mod wasm;

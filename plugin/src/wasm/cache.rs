@@ -103,7 +103,7 @@ fn compile(
     };
     let artefact = apart.precompile_component(bytes);
     drop(apart);
-    release_freed_memory();
+    crate::memory::release_freed();
     let artefact = artefact?;
     // SAFETY: `deserialize` runs the artefact's machine code, so it must be what
     // `precompile_component` wrote for a compatible engine, untampered. It is: the bytes were
@@ -118,18 +118,6 @@ fn compile(
             tracing::warn!(error = %e, "a plugin compiled apart does not load; compiling it in the engine");
             in_place()
         }
-    }
-}
-
-/// Returns the pages glibc's malloc holds free to the system (it keeps them for reuse
-/// otherwise), once a compile has freed its memory.
-fn release_freed_memory() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    // SAFETY: malloc_trim has no preconditions: it only releases memory glibc holds as free,
-    // under the arenas' own locks, so it is safe from any thread at any time.
-    #[allow(unsafe_code)]
-    unsafe {
-        libc::malloc_trim(0);
     }
 }
 
