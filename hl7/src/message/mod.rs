@@ -568,9 +568,11 @@ fn index(buf: &[u8], fs: u8, opts: &ParseOptions) -> Result<(Vec<Seg>, Vec<u32>)
     let lenient = opts.line_endings == LineEndings::Lenient;
     let len = buf.len();
     // Capacity guesses sized for typical segments (~100 bytes) and fields (~7 bytes), so a
-    // message costs two allocations; a longer one just grows the vectors.
-    let mut segs: Vec<Seg> = Vec::with_capacity(len / 64 + 4);
-    let mut seps: Vec<u32> = Vec::with_capacity(len / 6 + 16);
+    // message costs two allocations; a longer one just grows the vectors. The guesses are
+    // capped: a message made large by one big field (a PDF in OBX-5) has a handful of
+    // segments, and an uncapped guess reserved 1.3 MiB of index for a 1 MiB report.
+    let mut segs: Vec<Seg> = Vec::with_capacity((len / 64 + 4).min(MAX_SEGS_GUESS));
+    let mut seps: Vec<u32> = Vec::with_capacity((len / 6 + 16).min(MAX_SEPS_GUESS));
     let mut pos = 0usize;
     loop {
         let number = segs.len() + 1;
@@ -642,9 +644,25 @@ fn index(buf: &[u8], fs: u8, opts: &ParseOptions) -> Result<(Vec<Seg>, Vec<u32>)
             },
         });
         if t >= len {
+            release_spare(&mut segs);
+            release_spare(&mut seps);
             return Ok((segs, seps));
         }
         pos = t;
+    }
+}
+
+/// The most segments [`index`] reserves room for before it has seen them (40 KiB).
+const MAX_SEGS_GUESS: usize = 1024;
+/// The most field separators [`index`] reserves room for before it has seen them (64 KiB).
+const MAX_SEPS_GUESS: usize = 16 * 1024;
+
+/// Gives back most of a vector's unused room when the guess was far off (a large message
+/// with few segments or fields), since the index lives as long as the message. A guess that
+/// was about right is left alone: shrinking costs a reallocation.
+fn release_spare<T>(v: &mut Vec<T>) {
+    if v.capacity() > 2 * v.len() + 256 {
+        v.shrink_to_fit();
     }
 }
 

@@ -1189,3 +1189,33 @@ mod properties {
         }
     }
 }
+
+#[test]
+fn a_large_message_with_few_segments_keeps_a_small_index() {
+    // A 1 MiB report in one OBX-5: four segments and a few dozen field separators. The index
+    // must be sized by what it holds, not by the byte count.
+    let report = "A".repeat(1 << 20);
+    let m = msg(&format!(
+        "PID|1||100234^^^RIVERSIDE^MR||Johnson^Sarah\rOBR|1|ORD1\rOBX|1|ED|PDF||^AP^PDF^Base64^{report}||||||F"
+    ));
+    assert_eq!(m.segment_count(), 4);
+    assert!(
+        m.segs.capacity() <= 2 * m.segs.len() + 256,
+        "{}",
+        m.segs.capacity()
+    );
+    assert!(
+        m.seps.capacity() <= 2 * m.seps.len() + 256,
+        "{}",
+        m.seps.capacity()
+    );
+    let index_bytes = m.segs.capacity() * std::mem::size_of::<Seg>() + m.seps.capacity() * 4;
+    assert!(index_bytes < 16 * 1024, "{index_bytes} bytes of index");
+    // And a message of many segments still indexes them all.
+    let many: String = (1..=5000)
+        .map(|i| format!("OBX|{i}|NM|WBC||{i}|\r"))
+        .collect();
+    let m = msg(&many);
+    assert_eq!(m.segment_count(), 5001);
+    assert_eq!(get(&m, "OBX[5000]-5").as_deref(), Some("5000"));
+}
