@@ -134,6 +134,8 @@ fn clinic_flow_delivers_each_message_to_the_right_systems() {
         logs.contains("REG20261124083012001"),
         "control ids are logged"
     );
+    // The plugins were compiled by the compiler child, not in the engine's own process.
+    assert!(!logs.contains("in this process"), "{logs}");
 
     // The store records each step with its plugin's content hash.
     let shown = Command::new(env!("CARGO_BIN_EXE_courier"))
@@ -346,4 +348,49 @@ fn readme_clinic_script_runs_the_clinic() {
             "{sys}"
         );
     }
+}
+
+/// The plugin compiler child on its own, as the engine runs it: a component in, its compiled
+/// code out; a file that is not a component refused with wasmtime's reason (exit 2); settings
+/// it cannot use answered with exit 3, on which the engine compiles in process instead.
+#[test]
+fn compile_plugin_child_compiles_refuses_and_reports() {
+    build_plugins();
+    let run = |settings: &[&str], input: &[u8]| {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_courier"))
+            .arg("compile-plugin")
+            .args(settings)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        // A child refusing its settings exits before reading: a broken pipe here.
+        let _ = std::io::Write::write_all(&mut child.stdin.take().unwrap(), input);
+        child.wait_with_output().unwrap()
+    };
+    let settings = ["256", "1073741824", "1048576"];
+    let wasm =
+        std::fs::read(repo().join("target/wasm-plugins/wasm32-wasip2/release/lab_codes.wasm"))
+            .unwrap();
+    let out = run(&settings, &wasm);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // wasmtime's compiled artefacts are ELF images.
+    assert_eq!(out.stdout.get(..4), Some(&b"\x7fELF"[..]));
+    assert!(out.stderr.is_empty());
+
+    // A component header with nothing valid after it.
+    let out = run(&settings, b"\0asm\x0d\0\x01\0not a component");
+    assert_eq!(out.status.code(), Some(2));
+    assert!(out.stdout.is_empty());
+    assert!(!out.stderr.is_empty());
+
+    let out = run(&["many", "1073741824", "1048576"], &wasm);
+    assert_eq!(out.status.code(), Some(3));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("settings are numbers"));
 }

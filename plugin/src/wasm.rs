@@ -33,6 +33,7 @@ use wasmtime::{
 
 use crate::step::{Outcome, Step, StepContext, StepError, StepErrorKind, redact};
 use bindings::{filter, host, transform};
+pub use cache::{compile_child_main, compile_in_child};
 use sandbox::HostState;
 pub use sandbox::{LogLevel, LogLine, LogSource};
 
@@ -270,6 +271,9 @@ struct RuntimeInner {
     tick: Duration,
     max_instances: u32,
     max_memory: u64,
+    /// The pool's keep-resident size: with `max_instances` and `max_memory`, what the plugin
+    /// compiler child needs to make an engine like this one.
+    keep_resident: usize,
     ticker: Option<Ticker>,
 }
 
@@ -307,27 +311,8 @@ impl WasmRuntime {
         if config.epoch_tick.is_zero() {
             return Err(err("epoch_tick must be more than zero".into()));
         }
-        let max_memory = usize::try_from(config.max_memory)
-            .map_err(|_| err(format!("max_memory {} is too large", config.max_memory)))?;
         let n = config.max_instances.max(1);
-        let mut pool = PoolingAllocationConfig::new();
-        // A Rust component is a handful of core instances (the program, the canonical-ABI
-        // shims) with one memory and a few tables.
-        pool.total_component_instances(n)
-            .total_core_instances(n.saturating_mul(8))
-            .total_memories(n.saturating_mul(2))
-            .total_tables(n.saturating_mul(8))
-            .total_stacks(n)
-            .max_memory_size(max_memory)
-            .linear_memory_keep_resident(config.keep_resident)
-            .table_keep_resident(config.keep_resident)
-            // Where the kernel offers it (Linux 6.7+), reset only the pages the instance
-            // dirtied within `keep_resident`, not all of it.
-            .pagemap_scan(Enabled::Auto);
-        let mut cfg = Config::new();
-        cfg.epoch_interruption(true)
-            .allocation_strategy(InstanceAllocationStrategy::Pooling(pool))
-            .wasm_component_model(true);
+        let cfg = engine_config(n, config.max_memory, config.keep_resident).map_err(err)?;
         let engine = Engine::new(&cfg).map_err(|e| err(format!("{e:#}")))?;
 
         let mut linker: Linker<HostState> = Linker::new(&engine);
@@ -347,6 +332,7 @@ impl WasmRuntime {
                 tick: config.epoch_tick,
                 max_instances: n,
                 max_memory: config.max_memory,
+                keep_resident: config.keep_resident,
                 ticker: Some(ticker),
             }),
         })
@@ -372,6 +358,33 @@ impl WasmRuntime {
             self.inner.compat,
         ))
     }
+}
+
+/// The engine settings of a runtime: `WasmRuntime::new` and the plugin compiler child
+/// (`compile_child_main`) make their engines from this one function, so that what the child
+/// compiles loads in the runtime (wasmtime refuses code compiled under other settings).
+fn engine_config(n: u32, max_memory: u64, keep_resident: usize) -> Result<Config, String> {
+    let max_memory_bytes =
+        usize::try_from(max_memory).map_err(|_| format!("max_memory {max_memory} is too large"))?;
+    let mut pool = PoolingAllocationConfig::new();
+    // A Rust component is a handful of core instances (the program, the canonical-ABI
+    // shims) with one memory and a few tables.
+    pool.total_component_instances(n)
+        .total_core_instances(n.saturating_mul(8))
+        .total_memories(n.saturating_mul(2))
+        .total_tables(n.saturating_mul(8))
+        .total_stacks(n)
+        .max_memory_size(max_memory_bytes)
+        .linear_memory_keep_resident(keep_resident)
+        .table_keep_resident(keep_resident)
+        // Where the kernel offers it (Linux 6.7+), reset only the pages the instance
+        // dirtied within `keep_resident`, not all of it.
+        .pagemap_scan(Enabled::Auto);
+    let mut cfg = Config::new();
+    cfg.epoch_interruption(true)
+        .allocation_strategy(InstanceAllocationStrategy::Pooling(pool))
+        .wasm_component_model(true);
+    Ok(cfg)
 }
 
 fn start_ticker(engine: &Engine, tick: Duration) -> Result<Ticker, String> {
@@ -502,6 +515,11 @@ impl WasmPlugin {
         let (component, from_cache) = cache::load_or_compile(
             &rt.engine,
             &rt.config,
+            cache::Settings {
+                max_instances: rt.max_instances,
+                max_memory: rt.max_memory,
+                keep_resident: rt.keep_resident,
+            },
             &bytes,
             &hash_hex,
             rt.cache_dir.as_deref(),

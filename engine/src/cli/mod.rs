@@ -149,12 +149,29 @@ enum Command {
         #[command(flatten)]
         tls: listen::TlsArgs,
     },
+    /// The plugin compiler child: a component on stdin, its compiled code on stdout. The
+    /// engine runs this in a process of its own for every plugin it has not compiled before
+    /// (see `courier_plugin::wasm::compile_in_child`); not for use by hand.
+    #[command(name = "compile-plugin", hide = true)]
+    CompilePlugin {
+        /// The engine settings the code must match.
+        settings: Vec<String>,
+    },
 }
 
 /// Entry point: parses arguments and runs the subcommand.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Command::CompilePlugin { settings } = &cli.command {
+        // Nothing else in the child: no logging, no runtime; stderr carries its one error.
+        return courier_plugin::wasm::compile_child_main(settings);
+    }
     logging::init(cli.log_format, &cli.log_level);
+    // Plugins are compiled in a child process of this same program, so that the compiler's
+    // code and memory never become part of a long-running engine.
+    if let Ok(exe) = std::env::current_exe() {
+        courier_plugin::wasm::compile_in_child(exe, vec!["compile-plugin".into()]);
+    }
     let result = match cli.command {
         Command::Run { config, store_dir } => run::run(&config, store_dir),
         Command::Check { configs } => run::check(&configs),
@@ -201,6 +218,7 @@ pub fn main() -> ExitCode {
             listen::Mode { http, fail_first },
             &tls,
         ),
+        Command::CompilePlugin { .. } => unreachable!("handled above"),
     };
     match result {
         Ok(code) => code,
