@@ -105,8 +105,31 @@ fn fill_large(
     if bytes.len() >= LARGE_BLOB {
         conn.blob_open(rusqlite::MAIN_DB, table, column, rowid, false)?
             .write_at(bytes, 0)?;
+        LARGE_WRITTEN.set(true);
     }
     Ok(())
+}
+
+thread_local! {
+    /// Whether this thread's connection wrote a large blob since [`take_large_written`] last
+    /// asked: the writer then releases its page cache after the commit.
+    static LARGE_WRITTEN: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Whether a large blob was written on this thread since the last call.
+pub(crate) fn take_large_written() -> bool {
+    LARGE_WRITTEN.replace(false)
+}
+
+/// Gives back the pages a large blob left in the connection's page cache. SQLite keeps up to
+/// `cache_size` (2 MiB) of pages per connection for good once they are filled, and a 1 MiB
+/// body passing through fills half of it with pages no one will read again; ordinary
+/// messages fill it with a few hot index pages, which this drops too, so it is only done
+/// after large bodies. Clean pages only: dirty ones stay until the commit.
+pub(crate) fn release_cache(conn: &Connection) {
+    if let Err(e) = conn.release_memory() {
+        tracing::debug!(error = %e, "store: releasing the page cache failed");
+    }
 }
 
 /// A delivery's payload from the place [`payload_source!`] found: a small one read as a
@@ -152,6 +175,7 @@ fn read_payload(
     let mut buf = vec![0; usize::try_from(len).unwrap_or_default()];
     conn.blob_open(rusqlite::MAIN_DB, table, column, rowid, true)?
         .read_at_exact(&mut buf, 0)?;
+    release_cache(conn);
     Ok(buf)
 }
 

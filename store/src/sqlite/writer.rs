@@ -205,6 +205,9 @@ fn run(
         if committed {
             counters.commits.fetch_add(1, Ordering::Relaxed);
         }
+        if super::ops::take_large_written() {
+            super::ops::release_cache(&conn);
+        }
         counters
             .writes
             .fetch_add(batch.len() as u64, Ordering::Relaxed);
