@@ -181,7 +181,8 @@ fn read_payload(
 
 /// The hot queries, named so a test can check their plans use the indexes.
 pub(crate) mod sql {
-    pub(crate) const FIND_DUPLICATE: &str = "SELECT m.id, m.status, b.ack
+    pub(crate) const FIND_DUPLICATE: &str = "SELECT m.id, m.status,
+                coalesce(b.ack, (SELECT a.ack FROM message_acks a WHERE a.message_id = m.id))
          FROM messages m JOIN message_bodies b ON b.message_id = m.id
          WHERE m.sending_application = ?1 AND m.sending_facility = ?2
            AND m.control_id = ?3 AND m.received_at >= ?4
@@ -319,9 +320,20 @@ fn journal_as(
         processed.map(|_| now_micros()),
     ])?;
     let id = conn.last_insert_rowid();
+    // A large body's ACK goes in a row of its own (schema version 3), so that nothing
+    // follows the zeroblob and SQLite never materialises it.
+    let (ack_beside, ack_apart) = if m.raw.len() >= LARGE_BLOB {
+        (None, m.ack.as_deref())
+    } else {
+        (m.ack.as_deref(), None)
+    };
     conn.prepare_cached("INSERT INTO message_bodies (message_id, raw, ack) VALUES (?1, ?2, ?3)")?
-        .execute(params![id, BlobParam(&m.raw), m.ack.as_deref()])?;
+        .execute(params![id, BlobParam(&m.raw), ack_beside])?;
     fill_large(conn, "message_bodies", "raw", id, &m.raw)?;
+    if let Some(ack) = ack_apart {
+        conn.prepare_cached("INSERT INTO message_acks (message_id, ack) VALUES (?1, ?2)")?
+            .execute(params![id, ack])?;
+    }
     Ok(MessageId(id))
 }
 
@@ -474,11 +486,29 @@ fn message_status_of(conn: &Connection, id: MessageId) -> OpResult<MessageStatus
 }
 
 pub(crate) fn record_ack(conn: &Connection, id: MessageId, ack: &[u8]) -> OpResult<()> {
-    let changed = conn
-        .prepare_cached("UPDATE message_bodies SET ack = ?2 WHERE message_id = ?1")?
-        .execute(params![id.0, ack])?;
-    if changed == 0 {
+    // length() of a blob reads the row's header, not the body.
+    let len: Option<i64> = conn
+        .prepare_cached("SELECT length(raw) FROM message_bodies WHERE message_id = ?1")?
+        .query_row([id.0], |r| r.get(0))
+        .optional()?;
+    let Some(len) = len else {
         return Err(StoreError::MessageNotFound(id).into());
+    };
+    if len >= LARGE_BLOB as i64 {
+        // Beside a large body, the update would rewrite the whole row (schema version 3).
+        conn.prepare_cached(
+            "INSERT INTO message_acks (message_id, ack) VALUES (?1, ?2)
+             ON CONFLICT (message_id) DO UPDATE SET ack = excluded.ack",
+        )?
+        .execute(params![id.0, ack])?;
+        // A row from before version 3 may hold an ACK beside its body, which is read first.
+        conn.prepare_cached(
+            "UPDATE message_bodies SET ack = NULL WHERE message_id = ?1 AND ack IS NOT NULL",
+        )?
+        .execute([id.0])?;
+    } else {
+        conn.prepare_cached("UPDATE message_bodies SET ack = ?2 WHERE message_id = ?1")?
+            .execute(params![id.0, ack])?;
     }
     Ok(())
 }
@@ -929,7 +959,8 @@ pub(crate) fn message(conn: &Connection, id: MessageId) -> OpResult<Option<Messa
         .prepare_cached(
             "SELECT m.id, m.received_at, m.processed_at, m.listener, m.peer, m.control_id,
                     m.message_type, m.sending_application, m.sending_facility, m.patient_id,
-                    m.status, m.reason, b.raw, b.ack
+                    m.status, m.reason, b.raw,
+                    coalesce(b.ack, (SELECT a.ack FROM message_acks a WHERE a.message_id = m.id))
              FROM messages m JOIN message_bodies b ON b.message_id = m.id
              WHERE m.id = ?1",
         )?

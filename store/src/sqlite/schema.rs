@@ -15,7 +15,7 @@ use super::convert::classify;
 use crate::error::StoreError;
 
 /// The migration steps; step `i` takes the schema from version `i` to `i + 1`.
-pub(crate) const MIGRATIONS: &[&str] = &[V1, V2];
+pub(crate) const MIGRATIONS: &[&str] = &[V1, V2, V3];
 
 /// The schema version this code writes.
 pub(crate) fn latest_version() -> i64 {
@@ -131,6 +131,20 @@ CREATE TABLE audit (
 );
 CREATE INDEX audit_at ON audit (at);
 CREATE INDEX audit_message ON audit (message_id) WHERE message_id IS NOT NULL;
+"#;
+
+/// Version 3: the ACK of a large message, in a row of its own.
+///
+/// `message_bodies` has `ack` after `raw`. SQLite writes a zeroblob placeholder (filled later
+/// through blob I/O) without materialising it only when nothing but NULLs follows it in the
+/// row, so a large body with its ACK beside it was built in memory twice over; and writing
+/// the ACK later rewrote the whole row, body included. From version 3 the ACK of a body of
+/// 64 KiB or more goes here; smaller ones stay in `message_bodies.ack`, read first.
+const V3: &str = r#"
+CREATE TABLE message_acks (
+    message_id INTEGER PRIMARY KEY REFERENCES messages(id) ON DELETE CASCADE,
+    ack        BLOB NOT NULL
+);
 "#;
 
 /// Settings for the writer connection, then the migrations.

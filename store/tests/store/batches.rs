@@ -326,3 +326,53 @@ async fn large_payloads_round_trip_from_each_place_they_are_kept() {
     let detail = store.message(id).await.unwrap().unwrap();
     assert!(detail.raw == m.raw);
 }
+
+/// The ACK of a large message (kept apart from its body, schema version 3) is found for a
+/// duplicate and shown with the message, whether it was stored with the message or recorded
+/// after its deliveries; a small message's stays beside its body.
+#[tokio::test]
+async fn large_messages_keep_their_acks() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    let big = Bytes::from(vec![b'A'; 200_000]);
+    let ack = |c: &str| Bytes::from(format!("MSH|^~\\&|ACK\rMSA|AA|{c}\r"));
+
+    // Stored in the message's own commit.
+    let mut m = message("BIG1", "P1");
+    m.raw = big.clone();
+    m.ack = Some(ack("BIG1"));
+    let id = store.journal(m).await.unwrap();
+    let dup = store
+        .find_duplicate("REG", "CLINIC", "BIG1", t(0))
+        .await
+        .unwrap()
+        .expect("found");
+    assert_eq!((dup.id, dup.ack), (id, Some(ack("BIG1"))));
+    let detail = store.message(id).await.unwrap().unwrap();
+    assert!(detail.raw == big);
+    assert_eq!(detail.ack, Some(ack("BIG1")));
+
+    // Recorded later (after-delivery), then recorded again: the last one counts.
+    let mut m = message("BIG2", "P1");
+    m.raw = big.clone();
+    let id = store.journal(m).await.unwrap();
+    assert_eq!(store.message(id).await.unwrap().unwrap().ack, None);
+    store.record_ack(id, ack("first")).await.unwrap();
+    store.record_ack(id, ack("BIG2")).await.unwrap();
+    let dup = store
+        .find_duplicate("REG", "CLINIC", "BIG2", t(0))
+        .await
+        .unwrap()
+        .expect("found");
+    assert_eq!(dup.ack, Some(ack("BIG2")));
+    assert!(store.message(id).await.unwrap().unwrap().raw == big);
+
+    // A small one, as before.
+    let mut m = message("SMALL1", "P1");
+    m.ack = Some(ack("SMALL1"));
+    let id = store.journal(m).await.unwrap();
+    assert_eq!(
+        store.message(id).await.unwrap().unwrap().ack,
+        Some(ack("SMALL1"))
+    );
+}

@@ -24,7 +24,7 @@ async fn fresh_store_gets_the_schema_and_settings() {
     store.journal(message("C1", "P")).await.unwrap();
     assert_eq!(store.path(), dir.path().join("courier.db"));
     drop(store);
-    assert_eq!(pragma(dir.path(), "user_version"), "2");
+    assert_eq!(pragma(dir.path(), "user_version"), "3");
     assert_eq!(pragma(dir.path(), "journal_mode"), "wal");
     assert_eq!(pragma(dir.path(), "auto_vacuum"), "2", "incremental");
 }
@@ -52,7 +52,7 @@ async fn reopening_an_up_to_date_store_changes_nothing() {
         assert_eq!(store.message(id).await.unwrap().unwrap().control_id, "C1");
     }
     assert_eq!(schema(dir.path()), before);
-    assert_eq!(pragma(dir.path(), "user_version"), "2");
+    assert_eq!(pragma(dir.path(), "user_version"), "3");
 }
 
 #[tokio::test]
@@ -70,7 +70,7 @@ async fn a_store_from_a_newer_courier_is_refused() {
     else {
         panic!("expected SchemaTooNew, got {err:?}")
     };
-    assert_eq!((*found, *supported), (7, 2));
+    assert_eq!((*found, *supported), (7, 3));
     assert!(
         err.to_string().contains("newer than this Courier supports"),
         "{err}"
@@ -79,7 +79,7 @@ async fn a_store_from_a_newer_courier_is_refused() {
     // And the refusal released the store's lock.
     Connection::open(dir.path().join("courier.db"))
         .unwrap()
-        .pragma_update(None, "user_version", 2)
+        .pragma_update(None, "user_version", 3)
         .unwrap();
     open(dir.path());
 }
@@ -93,7 +93,7 @@ async fn a_version_1_store_is_upgraded_in_place() {
     };
     // What a store written before the audit log looks like.
     let conn = Connection::open(dir.path().join("courier.db")).unwrap();
-    conn.execute_batch("DROP TABLE audit; PRAGMA user_version = 1;")
+    conn.execute_batch("DROP TABLE message_acks; DROP TABLE audit; PRAGMA user_version = 1;")
         .unwrap();
     drop(conn);
     let store = open(dir.path());
@@ -109,7 +109,7 @@ async fn a_version_1_store_is_upgraded_in_place() {
         .await
         .unwrap();
     drop(store);
-    assert_eq!(pragma(dir.path(), "user_version"), "2");
+    assert_eq!(pragma(dir.path(), "user_version"), "3");
 }
 
 #[tokio::test]
@@ -121,4 +121,27 @@ async fn a_file_that_is_not_a_database_is_reported_as_such() {
         matches!(err, StoreError::Corrupt { .. } | StoreError::Open { .. }),
         "{err:?}"
     );
+}
+
+/// A version 2 store (ACKs only beside the body) gets the table for large bodies' ACKs, and
+/// the ACKs it already holds are still found.
+#[tokio::test]
+async fn a_version_2_store_is_upgraded_and_keeps_its_acks() {
+    let dir = tempfile::tempdir().unwrap();
+    let id = {
+        let store = open(dir.path());
+        store.journal(message("C1", "P")).await.unwrap()
+    };
+    let conn = Connection::open(dir.path().join("courier.db")).unwrap();
+    conn.execute_batch(
+        "DROP TABLE message_acks; PRAGMA user_version = 2;
+         UPDATE message_bodies SET ack = X'4D53417C41417C4331';",
+    )
+    .unwrap();
+    drop(conn);
+    let store = open(dir.path());
+    let detail = store.message(id).await.unwrap().unwrap();
+    assert_eq!(detail.ack.as_deref(), Some(&b"MSA|AA|C1"[..]));
+    drop(store);
+    assert_eq!(pragma(dir.path(), "user_version"), "3");
 }
