@@ -13,6 +13,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use futures::{FutureExt, SinkExt, StreamExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 use tokio_rustls::client::TlsStream;
@@ -20,7 +21,9 @@ use tokio_util::codec::Framed;
 use tokio_util::either::Either;
 use tracing::{debug, warn};
 
-use crate::codec::{CodecError, DEFAULT_MAX_FRAME_SIZE, MllpCodec};
+use crate::codec::{
+    CARRIAGE_RETURN, CodecError, DEFAULT_MAX_FRAME_SIZE, END_BLOCK, MllpCodec, START_BLOCK,
+};
 use crate::tls::ClientTls;
 
 /// A connection: plain TCP or TLS over it.
@@ -408,8 +411,27 @@ impl WriteError {
     }
 }
 
+/// Payloads from this size up are written to the stream directly, not through the codec.
+const DIRECT_WRITE: usize = 64 * 1024;
+
 async fn write(framed: &mut Connection, payload: &[u8], limit: Duration) -> Result<(), WriteError> {
-    match tokio::time::timeout(limit, framed.send(payload)).await {
+    let written = async {
+        if payload.len() < DIRECT_WRITE {
+            return framed.send(payload).await;
+        }
+        // The codec would copy a large payload into the connection's write buffer, which
+        // then keeps that capacity (a 1 MiB report: 1 MiB more for as long as the
+        // connection lives). Every send flushes, so the buffer is empty here and the frame
+        // can go straight to the stream, checked as the codec would check it.
+        framed.codec().check_payload(payload)?;
+        let stream = framed.get_mut();
+        stream.write_all(&[START_BLOCK]).await?;
+        stream.write_all(payload).await?;
+        stream.write_all(&[END_BLOCK, CARRIAGE_RETURN]).await?;
+        stream.flush().await?;
+        Ok(())
+    };
+    match tokio::time::timeout(limit, written).await {
         Err(_elapsed) => Err(WriteError::Timeout(limit)),
         Ok(result) => result.map_err(WriteError::Codec),
     }

@@ -182,7 +182,7 @@ impl MllpCodec {
         }
     }
 
-    fn check_payload(&self, payload: &[u8]) -> Result<(), CodecError> {
+    pub(crate) fn check_payload(&self, payload: &[u8]) -> Result<(), CodecError> {
         if payload.len() > self.max_frame_size {
             return Err(CodecError::FrameTooLarge {
                 limit: self.max_frame_size,

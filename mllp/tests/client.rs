@@ -184,3 +184,50 @@ async fn send_writes_without_waiting_and_refuses_unframeable_payloads() {
     );
     server.stop().await;
 }
+
+/// A large payload (written to the stream directly, not through the codec's buffer) arrives
+/// framed byte for byte, the connection stays in step for the next request, and a large
+/// payload the peer would misread is refused before anything is written.
+#[tokio::test]
+async fn large_payloads_are_framed_exactly_and_checked() {
+    let mut settings = settings();
+    settings.max_frame_size = 4 << 20;
+    let server = Server::start(settings).await;
+    let mut client = MllpClient::new(
+        server.addr.to_string(),
+        ClientSettings {
+            max_frame_size: 4 << 20,
+            ..ClientSettings::default()
+        },
+    );
+    // Not one repeated byte, and none of the frame bytes (0x0B, 0x1C).
+    let large: Vec<u8> = (0..300_000u32).map(|i| b' ' + (i % 90) as u8).collect();
+    for _ in 0..2 {
+        let reply = bounded("request", client.request(&large, REPLY)).await;
+        assert!(reply.unwrap()[..] == large[..]);
+    }
+    let reply = bounded("request", client.request(b"small", REPLY)).await;
+    assert_eq!(&reply.unwrap()[..], b"small");
+
+    let mut bad = large.clone();
+    bad[200_000] = 0x1C;
+    let err = bounded("request", client.request(&bad, REPLY))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            ClientError::Codec {
+                source: CodecError::ReservedByte {
+                    byte: 0x1C,
+                    offset: 200_000
+                },
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    let reply = bounded("request", client.request(&large, REPLY)).await;
+    assert!(reply.unwrap()[..] == large[..]);
+    server.stop().await;
+}
