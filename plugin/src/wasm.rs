@@ -262,18 +262,13 @@ pub struct WasmRuntime {
 
 struct RuntimeInner {
     engine: Engine,
-    /// The engine's settings, for the throwaway engines plugins are compiled in
-    /// (`cache::load_or_compile`).
-    config: Config,
     linker: Linker<HostState>,
     cache_dir: Option<PathBuf>,
     compat: u64,
     tick: Duration,
-    max_instances: u32,
-    max_memory: u64,
-    /// The pool's keep-resident size: with `max_instances` and `max_memory`, what the plugin
-    /// compiler child needs to make an engine like this one.
-    keep_resident: usize,
+    /// What the engine was made from (`engine_config`), for the engines plugins are
+    /// compiled in, in the compiler child or a throwaway one (`cache::load_or_compile`).
+    settings: cache::Settings,
     ticker: Option<Ticker>,
 }
 
@@ -299,7 +294,7 @@ impl fmt::Debug for WasmRuntime {
         f.debug_struct("WasmRuntime")
             .field("cache_dir", &self.inner.cache_dir)
             .field("epoch_tick", &self.inner.tick)
-            .field("max_instances", &self.inner.max_instances)
+            .field("max_instances", &self.inner.settings.max_instances)
             .finish_non_exhaustive()
     }
 }
@@ -311,8 +306,12 @@ impl WasmRuntime {
         if config.epoch_tick.is_zero() {
             return Err(err("epoch_tick must be more than zero".into()));
         }
-        let n = config.max_instances.max(1);
-        let cfg = engine_config(n, config.max_memory, config.keep_resident).map_err(err)?;
+        let settings = cache::Settings {
+            max_instances: config.max_instances.max(1),
+            max_memory: config.max_memory,
+            keep_resident: config.keep_resident,
+        };
+        let cfg = engine_config(settings).map_err(err)?;
         let engine = Engine::new(&cfg).map_err(|e| err(format!("{e:#}")))?;
 
         let mut linker: Linker<HostState> = Linker::new(&engine);
@@ -326,13 +325,10 @@ impl WasmRuntime {
             inner: Arc::new(RuntimeInner {
                 compat: cache::compatibility_hash(&engine),
                 engine,
-                config: cfg,
                 linker,
                 cache_dir: config.cache_dir,
                 tick: config.epoch_tick,
-                max_instances: n,
-                max_memory: config.max_memory,
-                keep_resident: config.keep_resident,
+                settings,
                 ticker: Some(ticker),
             }),
         })
@@ -363,7 +359,12 @@ impl WasmRuntime {
 /// The engine settings of a runtime: `WasmRuntime::new` and the plugin compiler child
 /// (`compile_child_main`) make their engines from this one function, so that what the child
 /// compiles loads in the runtime (wasmtime refuses code compiled under other settings).
-fn engine_config(n: u32, max_memory: u64, keep_resident: usize) -> Result<Config, String> {
+fn engine_config(settings: cache::Settings) -> Result<Config, String> {
+    let cache::Settings {
+        max_instances: n,
+        max_memory,
+        keep_resident,
+    } = settings;
     let max_memory_bytes =
         usize::try_from(max_memory).map_err(|_| format!("max_memory {max_memory} is too large"))?;
     let mut pool = PoolingAllocationConfig::new();
@@ -500,10 +501,10 @@ impl WasmPlugin {
                 "network access cannot be granted: the plugin host does no network I/O".into(),
             ));
         }
-        if limits.memory > rt.max_memory {
+        if limits.memory > rt.settings.max_memory {
             return Err(limit_err(format!(
                 "memory limit {} bytes is above the runtime's max_memory = {}",
-                limits.memory, rt.max_memory
+                limits.memory, rt.settings.max_memory
             )));
         }
         if limits.deadline.is_zero() {
@@ -514,12 +515,7 @@ impl WasmPlugin {
         let hash_hex = hex(&hash);
         let (component, from_cache) = cache::load_or_compile(
             &rt.engine,
-            &rt.config,
-            cache::Settings {
-                max_instances: rt.max_instances,
-                max_memory: rt.max_memory,
-                keep_resident: rt.keep_resident,
-            },
+            rt.settings,
             &bytes,
             &hash_hex,
             rt.cache_dir.as_deref(),
@@ -855,7 +851,7 @@ impl WasmPlugin {
                 StepErrorKind::Failed,
                 format!(
                     "too many plugin instances at once (max_instances = {})",
-                    self.runtime.max_instances
+                    self.runtime.settings.max_instances
                 ),
             );
         }

@@ -15,8 +15,8 @@ use std::process::{Command, ExitCode, Stdio};
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use wasmtime::Engine;
 use wasmtime::component::Component;
-use wasmtime::{Config, Engine};
 
 /// A stable-per-build digest of everything that makes compiled code compatible with `engine`.
 pub(crate) fn compatibility_hash(engine: &Engine) -> u64 {
@@ -38,7 +38,6 @@ pub(crate) fn artefact_path(dir: &Path, content_hash: &str, compat: u64) -> Path
 /// load: it is logged and the component is compiled instead.
 pub(crate) fn load_or_compile(
     engine: &Engine,
-    config: &Config,
     settings: Settings,
     bytes: &[u8],
     content_hash: &str,
@@ -46,7 +45,7 @@ pub(crate) fn load_or_compile(
     compat: u64,
 ) -> wasmtime::Result<(Component, bool)> {
     let Some(dir) = cache_dir else {
-        return Ok((compile(engine, config, settings, bytes)?.0, false));
+        return Ok((compile(engine, settings, bytes)?.0, false));
     };
     let path = artefact_path(dir, content_hash, compat);
     if let Ok(artefact) = std::fs::read(&path) {
@@ -72,7 +71,7 @@ pub(crate) fn load_or_compile(
             }
         }
     }
-    let (component, artefact) = compile(engine, config, settings, bytes)?;
+    let (component, artefact) = compile(engine, settings, bytes)?;
     if let Err(e) = store(dir, &path, &artefact) {
         tracing::warn!(cache_dir = %dir.display(), error = %e, "could not store the compiled plugin in the cache");
     }
@@ -94,7 +93,6 @@ pub(crate) fn load_or_compile(
 /// when the plugins come from this cache.
 fn compile(
     engine: &Engine,
-    config: &Config,
     settings: Settings,
     bytes: &[u8],
 ) -> wasmtime::Result<(Component, Vec<u8>)> {
@@ -128,7 +126,9 @@ fn compile(
         let artefact = component.serialize()?;
         Ok((component, artefact))
     };
-    let apart = match Engine::new(config) {
+    let apart = super::engine_config(settings)
+        .and_then(|config| Engine::new(&config).map_err(|e| format!("{e:#}")));
+    let apart = match apart {
         Ok(apart) => apart,
         Err(e) => {
             // A second engine reserves its own instance pool (address space only); where that
@@ -143,8 +143,8 @@ fn compile(
     let artefact = artefact?;
     // SAFETY: `deserialize` runs the artefact's machine code, so it must be what
     // `precompile_component` wrote for a compatible engine, untampered. It is: the bytes were
-    // made just above, in this process, by an engine built from the very `Config` `engine` was
-    // built from, and never left memory. wasmtime checks the header (version and settings) all
+    // made just above, in this process, by an engine built by `engine_config` from the same
+    // settings as `engine`, and never left memory. wasmtime checks the header (version and settings) all
     // the same; a mismatch is handled below by compiling in `engine` itself.
     #[allow(unsafe_code)]
     let loaded = unsafe { Component::deserialize(engine, &artefact) };
@@ -285,7 +285,12 @@ pub fn compile_child_main(args: &[String]) -> ExitCode {
             format!("settings are numbers, got {args:?}"),
         );
     };
-    let engine = match super::engine_config(n, max_memory, keep_resident)
+    let settings = Settings {
+        max_instances: n,
+        max_memory,
+        keep_resident,
+    };
+    let engine = match super::engine_config(settings)
         .and_then(|config| Engine::new(&config).map_err(|e| format!("{e:#}")))
     {
         Ok(engine) => engine,

@@ -179,14 +179,24 @@ fn read_payload(
     Ok(buf)
 }
 
+/// The ACK sent for message `m` (body `b`): beside the body, or for a large body (schema
+/// version 3) in its own row.
+macro_rules! ack_of_m {
+    () => {
+        "coalesce(b.ack, (SELECT a.ack FROM message_acks a WHERE a.message_id = m.id))"
+    };
+}
+
 /// The hot queries, named so a test can check their plans use the indexes.
 pub(crate) mod sql {
-    pub(crate) const FIND_DUPLICATE: &str = "SELECT m.id, m.status,
-                coalesce(b.ack, (SELECT a.ack FROM message_acks a WHERE a.message_id = m.id))
-         FROM messages m JOIN message_bodies b ON b.message_id = m.id
+    pub(crate) const FIND_DUPLICATE: &str = concat!(
+        "SELECT m.id, m.status, ",
+        ack_of_m!(),
+        " FROM messages m JOIN message_bodies b ON b.message_id = m.id
          WHERE m.sending_application = ?1 AND m.sending_facility = ?2
            AND m.control_id = ?3 AND m.received_at >= ?4
-         ORDER BY m.id DESC LIMIT 1";
+         ORDER BY m.id DESC LIMIT 1"
+    );
 
     pub(crate) const UNPROCESSED: &str = "SELECT m.id, m.received_at, m.listener, m.peer,
                 m.control_id, m.message_type, m.sending_application, m.sending_facility,
@@ -486,30 +496,33 @@ fn message_status_of(conn: &Connection, id: MessageId) -> OpResult<MessageStatus
 }
 
 pub(crate) fn record_ack(conn: &Connection, id: MessageId, ack: &[u8]) -> OpResult<()> {
-    // length() of a blob reads the row's header, not the body.
-    let len: Option<i64> = conn
-        .prepare_cached("SELECT length(raw) FROM message_bodies WHERE message_id = ?1")?
-        .query_row([id.0], |r| r.get(0))
-        .optional()?;
-    let Some(len) = len else {
-        return Err(StoreError::MessageNotFound(id).into());
-    };
-    if len >= LARGE_BLOB as i64 {
-        // Beside a large body, the update would rewrite the whole row (schema version 3).
-        conn.prepare_cached(
-            "INSERT INTO message_acks (message_id, ack) VALUES (?1, ?2)
-             ON CONFLICT (message_id) DO UPDATE SET ack = excluded.ack",
+    // Beside a small body, as before (length() of a blob reads the row's header, not the
+    // body). Beside a large one the update would rewrite the whole row: its ACK goes in a row
+    // of its own (schema version 3).
+    let changed = conn
+        .prepare_cached(
+            "UPDATE message_bodies SET ack = ?2 WHERE message_id = ?1 AND length(raw) < ?3",
         )?
-        .execute(params![id.0, ack])?;
-        // A row from before version 3 may hold an ACK beside its body, which is read first.
-        conn.prepare_cached(
-            "UPDATE message_bodies SET ack = NULL WHERE message_id = ?1 AND ack IS NOT NULL",
-        )?
-        .execute([id.0])?;
-    } else {
-        conn.prepare_cached("UPDATE message_bodies SET ack = ?2 WHERE message_id = ?1")?
-            .execute(params![id.0, ack])?;
+        .execute(params![id.0, ack, LARGE_BLOB as i64])?;
+    if changed > 0 {
+        return Ok(());
     }
+    let exists = conn
+        .prepare_cached("SELECT 1 FROM message_bodies WHERE message_id = ?1")?
+        .exists([id.0])?;
+    if !exists {
+        return Err(StoreError::MessageNotFound(id).into());
+    }
+    conn.prepare_cached(
+        "INSERT INTO message_acks (message_id, ack) VALUES (?1, ?2)
+         ON CONFLICT (message_id) DO UPDATE SET ack = excluded.ack",
+    )?
+    .execute(params![id.0, ack])?;
+    // A row from before version 3 may hold an ACK beside its body, which is read first.
+    conn.prepare_cached(
+        "UPDATE message_bodies SET ack = NULL WHERE message_id = ?1 AND ack IS NOT NULL",
+    )?
+    .execute([id.0])?;
     Ok(())
 }
 
@@ -956,14 +969,14 @@ pub(crate) fn search(conn: &Connection, f: &Search) -> OpResult<Vec<MessageSumma
 
 pub(crate) fn message(conn: &Connection, id: MessageId) -> OpResult<Option<MessageDetail>> {
     let found = conn
-        .prepare_cached(
+        .prepare_cached(concat!(
             "SELECT m.id, m.received_at, m.processed_at, m.listener, m.peer, m.control_id,
                     m.message_type, m.sending_application, m.sending_facility, m.patient_id,
-                    m.status, m.reason, b.raw,
-                    coalesce(b.ack, (SELECT a.ack FROM message_acks a WHERE a.message_id = m.id))
-             FROM messages m JOIN message_bodies b ON b.message_id = m.id
-             WHERE m.id = ?1",
-        )?
+                    m.status, m.reason, b.raw, ",
+            ack_of_m!(),
+            " FROM messages m JOIN message_bodies b ON b.message_id = m.id
+             WHERE m.id = ?1"
+        ))?
         .query_row([id.0], |r| {
             Ok(MessageDetail {
                 id: MessageId(r.get(0)?),
