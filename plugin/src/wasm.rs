@@ -26,7 +26,7 @@ use std::time::{Duration, Instant};
 
 use courier_hl7::Message;
 use sha2::{Digest, Sha256};
-use wasmtime::component::{Component, HasSelf, Linker};
+use wasmtime::component::{Component, ComponentType, Func, HasSelf, Linker, Lower};
 use wasmtime::{
     Config, Enabled, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store, Trap,
 };
@@ -423,11 +423,28 @@ enum Pre {
     Filter(filter::FilterStepPre<HostState>),
 }
 
-/// A live instance of the plugin, in the store it was instantiated in.
+/// A live instance of the plugin, in the store it was instantiated in: its one export.
 enum Instance {
-    Transform(transform::TransformStep),
-    Filter(filter::FilterStep),
+    Transform(Func),
+    Filter(Func),
 }
+
+/// The message as it goes into a plugin: `hl7-message` of wit/plugin.wit, borrowed. The
+/// generated `Hl7Message` owns its bytes, so calling through it copied the whole message once
+/// more on the host before lowering it into the guest (1 MiB more at the peak for a 1 MiB
+/// report, at every step); this record is lowered straight from the message's own bytes.
+#[derive(ComponentType, Lower)]
+#[component(record)]
+struct MessageIn<'a> {
+    bytes: &'a [u8],
+    #[component(name = "default-charset")]
+    default_charset: &'a str,
+}
+
+/// What `transform` returns.
+type TransformResult = (Result<transform::courier::plugin::types::Outcome, String>,);
+/// What `filter` returns.
+type FilterResult = (Result<filter::courier::plugin::types::Verdict, String>,);
 
 /// An instance kept between messages ([`WasmLimits::reuse_instance`]) with its store.
 struct Warm {
@@ -737,8 +754,14 @@ impl WasmPlugin {
 
     fn instantiate(&self, store: &mut Store<HostState>) -> wasmtime::Result<Instance> {
         Ok(match &self.pre {
-            Pre::Transform(pre) => Instance::Transform(pre.instantiate(store)?),
-            Pre::Filter(pre) => Instance::Filter(pre.instantiate(store)?),
+            Pre::Transform(pre) => {
+                let instance = pre.instance_pre().instantiate(&mut *store)?;
+                Instance::Transform(export(store, &instance, "transform")?)
+            }
+            Pre::Filter(pre) => {
+                let instance = pre.instance_pre().instantiate(&mut *store)?;
+                Instance::Filter(export(store, &instance, "filter")?)
+            }
         })
     }
 
@@ -762,21 +785,23 @@ impl WasmPlugin {
                 Err(e) => return (Err(self.trapped(&e, store)), None, None),
             },
         };
-        let bytes = msg.encode().to_vec();
-        let default_charset = msg.charset().hl7_name().to_owned();
+        let bytes = msg.encode();
+        let input = (MessageIn {
+            bytes: &bytes,
+            default_charset: msg.charset().hl7_name(),
+        },);
         match &instance {
-            Instance::Transform(plugin) => {
-                use transform::courier::plugin::types::{Hl7Message, Outcome as Wit};
-                let input = Hl7Message {
-                    bytes,
-                    default_charset,
-                };
-                let (result, output) = match plugin.call_transform(&mut *store, &input) {
+            Instance::Transform(func) => {
+                use transform::courier::plugin::types::Outcome as Wit;
+                let called = func
+                    .typed::<(MessageIn<'_>,), TransformResult>(&*store)
+                    .and_then(|f| f.call(&mut *store, input));
+                let (result, output) = match called {
                     Err(e) => return (Err(self.trapped(&e, store)), None, None),
-                    Ok(Err(reason)) => (Err(self.error(StepErrorKind::Failed, reason)), None),
-                    Ok(Ok(Wit::Drop(reason))) => (Ok(Outcome::Drop { reason }), None),
-                    Ok(Ok(Wit::Keep(None))) => (Ok(Outcome::Keep), None),
-                    Ok(Ok(Wit::Keep(Some(bytes)))) => {
+                    Ok((Err(reason),)) => (Err(self.error(StepErrorKind::Failed, reason)), None),
+                    Ok((Ok(Wit::Drop(reason)),)) => (Ok(Outcome::Drop { reason }), None),
+                    Ok((Ok(Wit::Keep(None)),)) => (Ok(Outcome::Keep), None),
+                    Ok((Ok(Wit::Keep(Some(bytes))),)) => {
                         match Message::parse_with(bytes, msg.options()) {
                             Ok(out) => (Ok(Outcome::Keep), Some(out)),
                             Err(e) => (
@@ -793,17 +818,16 @@ impl WasmPlugin {
                 };
                 (result, output, Some(instance))
             }
-            Instance::Filter(plugin) => {
-                use filter::courier::plugin::types::{Hl7Message, Verdict};
-                let input = Hl7Message {
-                    bytes,
-                    default_charset,
-                };
-                let result = match plugin.call_filter(&mut *store, &input) {
+            Instance::Filter(func) => {
+                use filter::courier::plugin::types::Verdict;
+                let called = func
+                    .typed::<(MessageIn<'_>,), FilterResult>(&*store)
+                    .and_then(|f| f.call(&mut *store, input));
+                let result = match called {
                     Err(e) => return (Err(self.trapped(&e, store)), None, None),
-                    Ok(Err(reason)) => Err(self.error(StepErrorKind::Failed, reason)),
-                    Ok(Ok(Verdict::Keep)) => Ok(Outcome::Keep),
-                    Ok(Ok(Verdict::Drop(reason))) => Ok(Outcome::Drop { reason }),
+                    Ok((Err(reason),)) => Err(self.error(StepErrorKind::Failed, reason)),
+                    Ok((Ok(Verdict::Keep),)) => Ok(Outcome::Keep),
+                    Ok((Ok(Verdict::Drop(reason)),)) => Ok(Outcome::Drop { reason }),
                 };
                 (result, None, Some(instance))
             }
@@ -1006,6 +1030,17 @@ fn check_header(bytes: &[u8], file: &Path) -> Result<(), LoadError> {
         });
     }
     Ok(())
+}
+
+/// The function a fresh instance exports as `name` (checked by the bindings at load).
+fn export(
+    store: &mut Store<HostState>,
+    instance: &wasmtime::component::Instance,
+    name: &str,
+) -> wasmtime::Result<Func> {
+    instance
+        .get_func(&mut *store, name)
+        .ok_or_else(|| wasmtime::Error::msg(format!("the plugin has no `{name}` export")))
 }
 
 fn export_names(engine: &Engine, component: &Component) -> String {
