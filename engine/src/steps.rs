@@ -47,6 +47,12 @@ pub struct StepLoadError {
 pub struct Steps {
     /// `routes[i]` are the steps of config route `i`, in order.
     pub routes: Vec<Vec<LoadedStep>>,
+    /// `shares[i]`: the first route (`j <= i`) whose steps are the same as route `i`'s —
+    /// the same loaded plugins and scripts in the same order, with the same settings — when
+    /// every one of them is [`Step::deterministic`]; `None` for a route without steps or with
+    /// a step that is not. Routes that share a chain make the same result of the same
+    /// message, so the engine runs the chain once per message for all of them.
+    pub shares: Vec<Option<usize>>,
     /// The config's lookup tables.
     pub tables: Arc<Tables>,
     /// Kept alive while any WASM step may run (it owns the epoch ticker).
@@ -180,6 +186,7 @@ impl StepLoader {
         }
         self.loaded = loaded;
         Ok(Steps {
+            shares: shared_chains(&routes),
             routes,
             tables: Arc::new(config.tables.clone()),
             _runtime: if uses_wasm {
@@ -189,6 +196,25 @@ impl StepLoader {
             },
         })
     }
+}
+
+/// [`Steps::shares`] for these routes' steps.
+fn shared_chains(routes: &[Vec<LoadedStep>]) -> Vec<Option<usize>> {
+    let same = |a: &[LoadedStep], b: &[LoadedStep]| {
+        a.len() == b.len()
+            && a.iter()
+                .zip(b)
+                .all(|(x, y)| Arc::ptr_eq(&x.step, &y.step) && x.settings == y.settings)
+    };
+    routes
+        .iter()
+        .map(|chain| {
+            if chain.is_empty() || !chain.iter().all(|s| s.step.deterministic()) {
+                return None;
+            }
+            routes.iter().position(|other| same(other, chain))
+        })
+        .collect()
 }
 
 fn wasm_limits(sc: &StepConfig) -> WasmLimits {
@@ -239,6 +265,7 @@ impl Steps {
 }
 
 /// What one route's steps made of a message.
+#[derive(Clone)]
 pub enum RouteResult {
     /// Send this message (changed or not) to the route's destinations.
     Send(Message),
@@ -317,4 +344,76 @@ pub fn run_route(
         }
     }
     RouteResult::Send(copy)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct Fake(bool);
+
+    impl Step for Fake {
+        fn name(&self) -> &str {
+            "fake"
+        }
+        fn content_hash(&self) -> &str {
+            "0"
+        }
+        fn run(
+            &self,
+            _: &mut Message,
+            _: &StepContext,
+        ) -> Result<Outcome, courier_plugin::StepError> {
+            Ok(Outcome::Keep)
+        }
+        fn deterministic(&self) -> bool {
+            self.0
+        }
+    }
+
+    fn step(s: &Arc<dyn Step>, setting: &str) -> LoadedStep {
+        let mut settings = serde_json::Map::new();
+        settings.insert("x".into(), setting.into());
+        LoadedStep {
+            step: Arc::clone(s),
+            kind: "rhai",
+            settings: Arc::new(settings),
+        }
+    }
+
+    #[test]
+    fn only_the_same_deterministic_steps_with_the_same_settings_are_shared() {
+        let a: Arc<dyn Step> = Arc::new(Fake(true));
+        let b: Arc<dyn Step> = Arc::new(Fake(true));
+        let clocked: Arc<dyn Step> = Arc::new(Fake(false));
+        let routes = vec![
+            vec![step(&a, "1")],                      // 0
+            vec![step(&a, "1")],                      // 1: the same as 0
+            vec![step(&a, "2")],                      // 2: other settings
+            vec![step(&b, "1")],                      // 3: another step, the same settings
+            vec![],                                   // 4: no steps
+            vec![step(&a, "1"), step(&b, "1")],       // 5: a longer chain
+            vec![step(&clocked, "1")],                // 6: not deterministic
+            vec![step(&clocked, "1")],                // 7: the same, still not shared
+            vec![step(&a, "1"), step(&b, "1")],       // 8: the same as 5
+            vec![step(&a, "2")],                      // 9: the same as 2
+            vec![step(&a, "1"), step(&clocked, "1")], // 10: one step not deterministic
+        ];
+        assert_eq!(
+            shared_chains(&routes),
+            vec![
+                Some(0),
+                Some(0),
+                Some(2),
+                Some(3),
+                None,
+                Some(5),
+                None,
+                None,
+                Some(5),
+                Some(2),
+                None
+            ]
+        );
+    }
 }

@@ -298,3 +298,128 @@ fn api_metrics_and_audit_follow_the_messages() {
     assert_eq!(status, 200);
     assert!(page.contains("<title>Courier</title>"));
 }
+
+/// Routes that run the same deterministic steps (the same script with the same settings) on a
+/// message run them once: the step is timed once, under the first route, yet each route has
+/// its step records and each destination gets the changed message. The same script with other
+/// settings runs on its own.
+#[test]
+fn routes_with_the_same_steps_run_them_once_per_message() {
+    let tmp = tempfile::tempdir().unwrap();
+    let outs: Vec<_> = ["emr", "billing", "lab"]
+        .iter()
+        .map(|n| {
+            let d = tmp.path().join(n);
+            std::fs::create_dir_all(&d).unwrap();
+            d
+        })
+        .collect();
+    let (_emr, emr) = standin("emr", &outs[0], 0, &[]);
+    let (_billing, billing) = standin("billing", &outs[1], 0, &[]);
+    let (_lab, lab) = standin("lab", &outs[2], 0, &[]);
+    std::fs::write(
+        tmp.path().join("tag.rhai"),
+        "msg.set(\"PID-2\", settings.tag);\n",
+    )
+    .unwrap();
+    let config = format!(
+        r#"
+[admin]
+bind = "127.0.0.1:0"
+
+[[listener]]
+name = "in"
+bind = "127.0.0.1:0"
+
+[[destination]]
+name = "emr"
+address = "{emr}"
+
+[[destination]]
+name = "billing"
+address = "{billing}"
+
+[[destination]]
+name = "lab"
+address = "{lab}"
+
+[[route]]
+name = "chart"
+destinations = ["emr"]
+[[route.step]]
+script = "tag.rhai"
+settings = {{ tag = "SAME" }}
+
+[[route]]
+name = "bill"
+destinations = ["billing"]
+[[route.step]]
+script = "tag.rhai"
+settings = {{ tag = "SAME" }}
+
+[[route]]
+name = "lab"
+destinations = ["lab"]
+[[route.step]]
+script = "tag.rhai"
+settings = {{ tag = "OTHER" }}
+"#
+    );
+    let (engine, addr) = start_engine(tmp.path(), &config, "in");
+    let admin = admin_addr(&engine);
+    let mut c = Mllp::connect(addr);
+    for i in 1..=3 {
+        assert_eq!(field(&c.request(&adt(&format!("SH{i}"))), "MSA", 1), "AA");
+    }
+    for (dir, tag) in outs.iter().zip(["SAME", "SAME", "OTHER"]) {
+        for got in wait_files(dir, 3, Duration::from_secs(20)) {
+            assert_eq!(field(&got, "PID", 2), tag, "{}", dir.display());
+        }
+    }
+
+    let m = metrics(admin);
+    let runs = |route: &str| {
+        sample(
+            &m,
+            &format!(
+                "courier_step_seconds_count{{route=\"{route}\",step=\"tag.rhai\",kind=\"rhai\"}}"
+            ),
+        )
+    };
+    assert_eq!(
+        (runs("chart"), runs("bill"), runs("lab")),
+        (3.0, 0.0, 3.0),
+        "{m}"
+    );
+    for route in ["chart", "bill", "lab"] {
+        assert_eq!(
+            sample(
+                &m,
+                &format!("courier_route_messages_total{{route=\"{route}\",outcome=\"sent\"}}")
+            ),
+            3.0,
+            "{route}: {m}"
+        );
+    }
+
+    let found = get(admin, "/api/messages?control_id=SH2");
+    let id = found["messages"][0]["id"].as_i64().unwrap();
+    let detail = get(admin, &format!("/api/messages/{id}"));
+    let steps = detail["steps"].as_array().unwrap();
+    let by_route = |route: &str| {
+        steps
+            .iter()
+            .find(|s| s["route"] == route)
+            .unwrap_or_else(|| panic!("no step record for {route}: {detail}"))
+    };
+    let (chart, bill, lab) = (by_route("chart"), by_route("bill"), by_route("lab"));
+    assert_eq!(steps.len(), 3, "{detail}");
+    assert_eq!(chart["outcome"], "changed");
+    assert_eq!(bill["outcome"], "changed");
+    assert_eq!(bill["output"], chart["output"]);
+    assert_eq!(bill["content_hash"], chart["content_hash"]);
+    assert!(
+        lab["output"].as_str().unwrap().contains("|OTHER|"),
+        "{detail}"
+    );
+}

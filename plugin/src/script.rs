@@ -353,6 +353,12 @@ impl Step for ScriptStep {
         &self.hash
     }
 
+    /// A script sees the message, its settings and the lookup tables only: the engine has
+    /// no clock, no random numbers and no file access, and a run's variables end with it.
+    fn deterministic(&self) -> bool {
+        true
+    }
+
     fn run(&self, msg: &mut Message, ctx: &StepContext) -> Result<Outcome, StepError> {
         on_script_stack(|| self.run_here(msg, ctx))
     }

@@ -114,6 +114,13 @@ pub trait Step: Send + Sync {
     /// Runs the step on one message. Blocking and CPU-bound: the engine calls it off the
     /// async runtime's worker threads.
     fn run(&self, msg: &mut Message, ctx: &StepContext) -> Result<Outcome, StepError>;
+    /// Whether [`Step::run`] always makes the same result of the same message, settings and
+    /// tables, with no effect outside the message: no clock, no randomness, no files, no
+    /// state kept from one call to the next. The engine then runs a chain of such steps once
+    /// for routes that share it. `false` unless a step says otherwise.
+    fn deterministic(&self) -> bool {
+        false
+    }
 }
 
 /// Which components of a PHI field are patient data.

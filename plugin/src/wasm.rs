@@ -916,6 +916,19 @@ impl Step for WasmPlugin {
         &self.hash_hex
     }
 
+    /// Without the clock and random grants, its clock is frozen and its random numbers fixed
+    /// (see `sandbox`); without directories or a kept instance, nothing of a call outlives it.
+    fn deterministic(&self) -> bool {
+        let Grants {
+            env: _,
+            dirs,
+            clock,
+            random,
+            network,
+        } = &self.limits.grants;
+        !(*clock || *random || *network || !dirs.is_empty() || self.limits.reuse_instance)
+    }
+
     fn run(&self, msg: &mut Message, ctx: &StepContext) -> Result<Outcome, StepError> {
         let started = Instant::now();
         let report = self.run_with_logs(msg, ctx);
