@@ -16,7 +16,6 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::ops::Range;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
@@ -49,7 +48,7 @@ use crate::destination::{self, Delivery, DestinationHandle};
 use crate::metrics::{METRICS, RouteOutcome};
 use crate::reload::ReloadRequest;
 use crate::route::{Envelope, Router};
-use crate::steps::{RouteResult, StepLoader, Steps, run_route};
+use crate::steps::{RouteResult, SharedSteps, StepLoader, Steps, run_route_shared};
 
 /// A running engine.
 pub struct Engine {
@@ -856,50 +855,21 @@ impl Version {
     fn process(&self, listener: &str, env: &Envelope, msg: &Message) -> Processed {
         let mut out = Processed::default();
         let control_id: Arc<str> = msg.control_id().unwrap_or_default().into();
-        // What a shared step chain (`Steps::shares`) made of this message, by the chain's
-        // first route: the result and where its step records are in `out.steps`.
-        let mut shared: Vec<(usize, RouteResult, Range<usize>)> = Vec::new();
+        // What the routes so far made of the message, for later routes sharing their steps.
+        let mut shared = SharedSteps::default();
         for route in self.router.select(listener, env, msg) {
             out.matched += 1;
             let changed;
             let sent: &Message = if self.steps.has_steps(route.index) {
-                let share = self.steps.shares.get(route.index).copied().flatten();
-                let result = match share.and_then(|c| shared.iter().find(|(k, ..)| *k == c)) {
-                    // Another route ran the same deterministic steps on this message: its
-                    // result is this route's too. The records are this route's, the same
-                    // outputs (shared bytes, not copies); the step ran once, so it logged
-                    // and was timed once, under the route that ran it.
-                    Some((_, result, records)) => {
-                        let copied: Vec<StepRecord> = out.steps[records.clone()]
-                            .iter()
-                            .map(|r| StepRecord {
-                                route: route.name.to_string(),
-                                ..r.clone()
-                            })
-                            .collect();
-                        out.steps.extend(copied);
-                        result.clone()
-                    }
-                    None => {
-                        let first = out.steps.len();
-                        let result = run_route(
-                            &self.steps,
-                            route.index,
-                            &route.name,
-                            &control_id,
-                            msg,
-                            &mut out.steps,
-                        );
-                        // A failure is not shared: the next route runs its steps itself, so
-                        // each failing route logs and counts its own failure.
-                        if let (Some(c), RouteResult::Send(_) | RouteResult::Dropped(_)) =
-                            (share, &result)
-                        {
-                            shared.push((c, result.clone(), first..out.steps.len()));
-                        }
-                        result
-                    }
-                };
+                let result = run_route_shared(
+                    &self.steps,
+                    route.index,
+                    &route.name,
+                    &control_id,
+                    msg,
+                    &mut out.steps,
+                    &mut shared,
+                );
                 match result {
                     RouteResult::Send(m) => {
                         changed = m;

@@ -47,12 +47,15 @@ pub struct StepLoadError {
 pub struct Steps {
     /// `routes[i]` are the steps of config route `i`, in order.
     pub routes: Vec<Vec<LoadedStep>>,
-    /// `shares[i]`: the first route (`j <= i`) whose steps are the same as route `i`'s —
-    /// the same loaded plugins and scripts in the same order, with the same settings — when
-    /// every one of them is [`Step::deterministic`]; `None` for a route without steps or with
-    /// a step that is not. Routes that share a chain make the same result of the same
-    /// message, so the engine runs the chain once per message for all of them.
-    pub shares: Vec<Option<usize>>,
+    /// `shares[i][k]`: the class of route `i`'s first `k + 1` steps — the first route whose
+    /// first `k + 1` steps are the same loaded plugins and scripts, in the same order, with the
+    /// same settings — for as long as every one of them is [`Step::deterministic`] (so shorter
+    /// than the chain when a step is not). Routes of one class make the same of the same
+    /// message up to that step, and [`run_route_shared`] runs those steps once per message.
+    pub shares: Vec<Vec<usize>>,
+    /// `wanted[i][k]`: another route is in the class of route `i`'s first `k + 1` steps, so
+    /// what they make of a message is kept for it.
+    wanted: Vec<Vec<bool>>,
     /// The config's lookup tables.
     pub tables: Arc<Tables>,
     /// Kept alive while any WASM step may run (it owns the epoch ticker).
@@ -185,8 +188,10 @@ impl StepLoader {
             routes.push(steps);
         }
         self.loaded = loaded;
+        let (shares, wanted) = shared_prefixes(&routes);
         Ok(Steps {
-            shares: shared_chains(&routes),
+            shares,
+            wanted,
             routes,
             tables: Arc::new(config.tables.clone()),
             _runtime: if uses_wasm {
@@ -198,23 +203,47 @@ impl StepLoader {
     }
 }
 
-/// [`Steps::shares`] for these routes' steps.
-fn shared_chains(routes: &[Vec<LoadedStep>]) -> Vec<Option<usize>> {
-    let same = |a: &[LoadedStep], b: &[LoadedStep]| {
-        a.len() == b.len()
-            && a.iter()
-                .zip(b)
-                .all(|(x, y)| Arc::ptr_eq(&x.step, &y.step) && x.settings == y.settings)
-    };
-    routes
+/// [`Steps::shares`] and [`Steps::wanted`] for these routes' steps.
+fn shared_prefixes(routes: &[Vec<LoadedStep>]) -> (Vec<Vec<usize>>, Vec<Vec<bool>>) {
+    let same =
+        |x: &LoadedStep, y: &LoadedStep| Arc::ptr_eq(&x.step, &y.step) && x.settings == y.settings;
+    let shares: Vec<Vec<usize>> = routes
         .iter()
         .map(|chain| {
-            if chain.is_empty() || !chain.iter().all(|s| s.step.deterministic()) {
-                return None;
-            }
-            routes.iter().position(|other| same(other, chain))
+            let deterministic = chain.iter().take_while(|s| s.step.deterministic()).count();
+            (0..deterministic)
+                .map(|k| {
+                    routes
+                        .iter()
+                        .position(|other| {
+                            other.len() > k
+                                && other[..=k]
+                                    .iter()
+                                    .zip(&chain[..=k])
+                                    .all(|(x, y)| same(x, y))
+                        })
+                        .expect("a route is in its own class")
+                })
+                .collect()
         })
-        .collect()
+        .collect();
+    let wanted = shares
+        .iter()
+        .enumerate()
+        .map(|(i, classes)| {
+            classes
+                .iter()
+                .enumerate()
+                .map(|(k, c)| {
+                    shares
+                        .iter()
+                        .enumerate()
+                        .any(|(j, other)| j != i && other.get(k) == Some(c))
+                })
+                .collect()
+        })
+        .collect();
+    (shares, wanted)
 }
 
 fn wasm_limits(sc: &StepConfig) -> WasmLimits {
@@ -265,7 +294,6 @@ impl Steps {
 }
 
 /// What one route's steps made of a message.
-#[derive(Clone)]
 pub enum RouteResult {
     /// Send this message (changed or not) to the route's destinations.
     Send(Message),
@@ -284,12 +312,109 @@ pub fn run_route(
     msg: &Message,
     records: &mut Vec<StepRecord>,
 ) -> RouteResult {
-    let mut copy = msg.clone();
+    let mut ignore = |_: usize, _: Result<&Message, &str>| {};
+    run_from(
+        steps,
+        route_index,
+        route,
+        control_id,
+        msg,
+        None,
+        records,
+        &mut ignore,
+    )
+}
+
+/// What the routes of one message have made of it so far, for the routes after them that
+/// share their first steps ([`Steps::shares`]).
+#[derive(Default)]
+pub struct SharedSteps {
+    /// The class of a route's first `k + 1` steps, `k`, what they made of the message (or the
+    /// reason a step dropped it), and where the `k + 1` step records begin in `records`.
+    done: Vec<(usize, usize, Result<Message, String>, usize)>,
+}
+
+/// Runs the steps of one route like [`run_route`], but takes what another route of this
+/// message made with the same first steps ([`Steps::shares`]) from `shared` instead of running
+/// them again, and leaves there what later routes may take. The route gets its own records of
+/// the steps it took over (the same outcomes and outputs, the bytes shared); those steps ran,
+/// logged and were timed once, under the route that ran them. A step that failed is not taken
+/// over: the next route runs it itself, and logs and counts its own failure.
+pub fn run_route_shared(
+    steps: &Steps,
+    route_index: usize,
+    route: &Arc<str>,
+    control_id: &Arc<str>,
+    msg: &Message,
+    records: &mut Vec<StepRecord>,
+    shared: &mut SharedSteps,
+) -> RouteResult {
+    let classes = steps.shares.get(route_index).map_or(&[][..], Vec::as_slice);
+    let wanted = steps.wanted.get(route_index).map_or(&[][..], Vec::as_slice);
+    let first = records.len();
+    // The most steps another route already ran for this one.
+    let taken = (0..classes.len()).rev().find_map(|k| {
+        shared
+            .done
+            .iter()
+            .find(|d| d.0 == classes[k] && d.1 == k)
+            .map(|d| (k, &d.2, d.3))
+    });
+    let mut start = None;
+    if let Some((k, state, from)) = taken {
+        let copied: Vec<StepRecord> = records[from..=from + k]
+            .iter()
+            .map(|r| StepRecord {
+                route: route.to_string(),
+                ..r.clone()
+            })
+            .collect();
+        records.extend(copied);
+        match state {
+            Ok(m) => start = Some((k + 1, m.clone())),
+            Err(reason) => return RouteResult::Dropped(reason.clone()),
+        }
+    }
+    let mut keep = |k: usize, state: Result<&Message, &str>| {
+        if wanted.get(k) == Some(&true)
+            && !shared.done.iter().any(|d| d.0 == classes[k] && d.1 == k)
+        {
+            let state = state.cloned().map_err(str::to_owned);
+            shared.done.push((classes[k], k, state, first));
+        }
+    };
+    run_from(
+        steps,
+        route_index,
+        route,
+        control_id,
+        msg,
+        start,
+        records,
+        &mut keep,
+    )
+}
+
+/// Runs route `route_index`'s steps on `msg`, or from `start` (how many steps are done, and
+/// the message they made); calls `after(k, ..)` when step `k` kept the message (as it is now)
+/// or dropped it (the route's reason).
+#[allow(clippy::too_many_arguments)]
+fn run_from(
+    steps: &Steps,
+    route_index: usize,
+    route: &Arc<str>,
+    control_id: &Arc<str>,
+    msg: &Message,
+    start: Option<(usize, Message)>,
+    records: &mut Vec<StepRecord>,
+    after: &mut dyn FnMut(usize, Result<&Message, &str>),
+) -> RouteResult {
+    let (done, mut copy) = start.unwrap_or_else(|| (0, msg.clone()));
     let Some(route_steps) = steps.routes.get(route_index) else {
         return RouteResult::Send(copy);
     };
-    let mut last = msg.encode();
-    for s in route_steps {
+    let mut last = copy.encode();
+    for (k, s) in route_steps.iter().enumerate().skip(done) {
         let ctx = StepContext {
             route: route.clone(),
             control_id: control_id.clone(),
@@ -322,11 +447,14 @@ pub fn run_route(
                     records.push(record(StepOutcome::Changed(now.clone()), None));
                     last = now;
                 }
+                after(k, Ok(&copy));
             }
             Ok(Outcome::Drop { reason }) => {
                 let reason = redact(&reason, msg);
                 records.push(record(StepOutcome::Dropped, Some(reason.clone())));
-                return RouteResult::Dropped(format!("{}: {reason}", s.step.name()));
+                let dropped = format!("{}: {reason}", s.step.name());
+                after(k, Err(&dropped));
+                return RouteResult::Dropped(dropped);
             }
             Err(e) => {
                 let reason = redact(&e.to_string(), msg);
@@ -348,72 +476,195 @@ pub fn run_route(
 
 #[cfg(test)]
 mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
     use super::*;
 
-    struct Fake(bool);
+    /// A step that counts its calls; deterministic or not, and dropping or not.
+    struct Fake {
+        name: &'static str,
+        deterministic: bool,
+        drops: bool,
+        calls: AtomicUsize,
+    }
+
+    fn fake(name: &'static str, deterministic: bool, drops: bool) -> Arc<Fake> {
+        Arc::new(Fake {
+            name,
+            deterministic,
+            drops,
+            calls: AtomicUsize::new(0),
+        })
+    }
 
     impl Step for Fake {
         fn name(&self) -> &str {
-            "fake"
+            self.name
         }
         fn content_hash(&self) -> &str {
             "0"
         }
         fn run(
             &self,
-            _: &mut Message,
+            msg: &mut Message,
             _: &StepContext,
         ) -> Result<Outcome, courier_plugin::StepError> {
+            self.calls.fetch_add(1, Ordering::SeqCst);
+            if self.drops {
+                return Ok(Outcome::Drop {
+                    reason: "not for this route".into(),
+                });
+            }
+            // Appends its name to PID-2, so the order of the steps shows in the output.
+            let now = msg.get(&pid2()).unwrap_or_default();
+            msg.set(&pid2(), &format!("{now}{}", self.name)).unwrap();
             Ok(Outcome::Keep)
         }
         fn deterministic(&self) -> bool {
-            self.0
+            self.deterministic
         }
     }
 
-    fn step(s: &Arc<dyn Step>, setting: &str) -> LoadedStep {
+    fn pid2() -> courier_hl7::Path {
+        courier_hl7::Path::parse("PID-2").unwrap()
+    }
+
+    fn step(s: &Arc<Fake>, setting: &str) -> LoadedStep {
         let mut settings = serde_json::Map::new();
         settings.insert("x".into(), setting.into());
         LoadedStep {
-            step: Arc::clone(s),
+            step: Arc::clone(s) as Arc<dyn Step>,
             kind: "rhai",
             settings: Arc::new(settings),
         }
     }
 
+    fn steps(routes: Vec<Vec<LoadedStep>>) -> Steps {
+        let (shares, wanted) = shared_prefixes(&routes);
+        Steps {
+            routes,
+            shares,
+            wanted,
+            tables: Arc::new(Tables::default()),
+            _runtime: None,
+        }
+    }
+
     #[test]
-    fn only_the_same_deterministic_steps_with_the_same_settings_are_shared() {
-        let a: Arc<dyn Step> = Arc::new(Fake(true));
-        let b: Arc<dyn Step> = Arc::new(Fake(true));
-        let clocked: Arc<dyn Step> = Arc::new(Fake(false));
-        let routes = vec![
+    fn steps_are_shared_while_the_same_deterministic_steps_have_the_same_settings() {
+        let a = fake("a", true, false);
+        let b = fake("b", true, false);
+        let clocked = fake("clocked", false, false);
+        let s = steps(vec![
             vec![step(&a, "1")],                      // 0
             vec![step(&a, "1")],                      // 1: the same as 0
             vec![step(&a, "2")],                      // 2: other settings
             vec![step(&b, "1")],                      // 3: another step, the same settings
             vec![],                                   // 4: no steps
-            vec![step(&a, "1"), step(&b, "1")],       // 5: a longer chain
+            vec![step(&a, "1"), step(&b, "1")],       // 5: 0's first step, then its own
             vec![step(&clocked, "1")],                // 6: not deterministic
             vec![step(&clocked, "1")],                // 7: the same, still not shared
             vec![step(&a, "1"), step(&b, "1")],       // 8: the same as 5
-            vec![step(&a, "2")],                      // 9: the same as 2
-            vec![step(&a, "1"), step(&clocked, "1")], // 10: one step not deterministic
+            vec![step(&a, "1"), step(&clocked, "1")], // 9: 0's first step, then not shared
+            vec![step(&clocked, "1"), step(&a, "1")], // 10: nothing after a clocked step
+        ]);
+        let expected: Vec<Vec<usize>> = vec![
+            vec![0],
+            vec![0],
+            vec![2],
+            vec![3],
+            vec![],
+            vec![0, 5],
+            vec![],
+            vec![],
+            vec![0, 5],
+            vec![0],
+            vec![],
         ];
+        assert_eq!(s.shares, expected);
+        assert_eq!(s.wanted[0], vec![true]);
+        assert_eq!(s.wanted[2], vec![false]);
+        assert_eq!(s.wanted[5], vec![true, true]);
+        assert_eq!(s.wanted[9], vec![true]);
+    }
+
+    #[test]
+    fn each_shared_step_runs_once_per_message_and_every_route_gets_its_records() {
+        let a = fake("a", true, false);
+        let b = fake("b", true, false);
+        let c = fake("c", true, false);
+        let drop = fake("d", true, true);
+        let s = steps(vec![
+            vec![step(&a, "1"), step(&b, "1")],    // 0
+            vec![step(&a, "1"), step(&c, "1")],    // 1: shares a with 0
+            vec![step(&a, "1"), step(&b, "1")],    // 2: shares a and b with 0
+            vec![step(&drop, "1"), step(&b, "1")], // 3
+            vec![step(&drop, "1"), step(&c, "1")], // 4: shares the drop with 3
+        ]);
+        let msg = Message::parse(&b"MSH|^~\\&|A|B|C|D|20260101||ADT^A04|1|P|2.5.1\rPID|1|X\r"[..])
+            .unwrap();
+        let id: Arc<str> = "1".into();
+        let mut records = Vec::new();
+        let mut shared = SharedSteps::default();
+        let outputs: Vec<String> = (0..5)
+            .map(|i| {
+                let route: Arc<str> = format!("r{i}").into();
+                match run_route_shared(&s, i, &route, &id, &msg, &mut records, &mut shared) {
+                    RouteResult::Send(m) => m.get(&pid2()).unwrap_or_default(),
+                    RouteResult::Dropped(reason) => format!("dropped: {reason}"),
+                    RouteResult::Failed(reason) => format!("failed: {reason}"),
+                }
+            })
+            .collect();
         assert_eq!(
-            shared_chains(&routes),
-            vec![
-                Some(0),
-                Some(0),
-                Some(2),
-                Some(3),
-                None,
-                Some(5),
-                None,
-                None,
-                Some(5),
-                Some(2),
-                None
+            outputs,
+            [
+                "Xab",
+                "Xac",
+                "Xab",
+                "dropped: d: not for this route",
+                "dropped: d: not for this route"
             ]
+        );
+        let calls = |f: &Fake| f.calls.load(Ordering::SeqCst);
+        assert_eq!(
+            (calls(&a), calls(&b), calls(&c), calls(&drop)),
+            (1, 1, 1, 1)
+        );
+        let per_route: Vec<(String, String)> = records
+            .iter()
+            .map(|r| (r.route.clone(), r.step.clone()))
+            .collect();
+        let expected: Vec<(String, String)> = [
+            ("r0", "a"),
+            ("r0", "b"),
+            ("r1", "a"),
+            ("r1", "c"),
+            ("r2", "a"),
+            ("r2", "b"),
+            ("r3", "d"),
+            ("r4", "d"),
+        ]
+        .iter()
+        .map(|(r, s)| (r.to_string(), s.to_string()))
+        .collect();
+        assert_eq!(per_route, expected);
+        // The records taken over are the ones made: the same outputs.
+        assert_eq!(records[4].outcome, records[0].outcome);
+        assert_eq!(records[5].outcome, records[1].outcome);
+        assert_eq!(records[2].outcome, records[0].outcome);
+        assert_eq!(records[7].outcome, StepOutcome::Dropped);
+
+        // The next message runs them again.
+        let mut shared = SharedSteps::default();
+        let mut records = Vec::new();
+        for i in 0..5 {
+            let route: Arc<str> = format!("r{i}").into();
+            run_route_shared(&s, i, &route, &id, &msg, &mut records, &mut shared);
+        }
+        assert_eq!(
+            (calls(&a), calls(&b), calls(&c), calls(&drop)),
+            (2, 2, 2, 2)
         );
     }
 }

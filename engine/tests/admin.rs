@@ -301,12 +301,13 @@ fn api_metrics_and_audit_follow_the_messages() {
 
 /// Routes that run the same deterministic steps (the same script with the same settings) on a
 /// message run them once: the step is timed once, under the first route, yet each route has
-/// its step records and each destination gets the changed message. The same script with other
+/// its step records and each destination gets the changed message. A route that only starts
+/// with those steps takes them over and runs the rest itself; the same script with other
 /// settings runs on its own.
 #[test]
 fn routes_with_the_same_steps_run_them_once_per_message() {
     let tmp = tempfile::tempdir().unwrap();
-    let outs: Vec<_> = ["emr", "billing", "lab"]
+    let outs: Vec<_> = ["emr", "billing", "lab", "research"]
         .iter()
         .map(|n| {
             let d = tmp.path().join(n);
@@ -317,9 +318,15 @@ fn routes_with_the_same_steps_run_them_once_per_message() {
     let (_emr, emr) = standin("emr", &outs[0], 0, &[]);
     let (_billing, billing) = standin("billing", &outs[1], 0, &[]);
     let (_lab, lab) = standin("lab", &outs[2], 0, &[]);
+    let (_research, research) = standin("research", &outs[3], 0, &[]);
     std::fs::write(
         tmp.path().join("tag.rhai"),
         "msg.set(\"PID-2\", settings.tag);\n",
+    )
+    .unwrap();
+    std::fs::write(
+        tmp.path().join("mark.rhai"),
+        "msg.set(\"PID-4\", \"MARK\");\n",
     )
     .unwrap();
     let config = format!(
@@ -343,6 +350,10 @@ address = "{billing}"
 name = "lab"
 address = "{lab}"
 
+[[destination]]
+name = "research"
+address = "{research}"
+
 [[route]]
 name = "chart"
 destinations = ["emr"]
@@ -363,6 +374,15 @@ destinations = ["lab"]
 [[route.step]]
 script = "tag.rhai"
 settings = {{ tag = "OTHER" }}
+
+[[route]]
+name = "research"
+destinations = ["research"]
+[[route.step]]
+script = "tag.rhai"
+settings = {{ tag = "SAME" }}
+[[route.step]]
+script = "mark.rhai"
 "#
     );
     let (engine, addr) = start_engine(tmp.path(), &config, "in");
@@ -371,27 +391,35 @@ settings = {{ tag = "OTHER" }}
     for i in 1..=3 {
         assert_eq!(field(&c.request(&adt(&format!("SH{i}"))), "MSA", 1), "AA");
     }
-    for (dir, tag) in outs.iter().zip(["SAME", "SAME", "OTHER"]) {
+    for (dir, tag) in outs.iter().zip(["SAME", "SAME", "OTHER", "SAME"]) {
         for got in wait_files(dir, 3, Duration::from_secs(20)) {
             assert_eq!(field(&got, "PID", 2), tag, "{}", dir.display());
+            let mark = if dir == &outs[3] { "MARK" } else { "" };
+            assert_eq!(field(&got, "PID", 4), mark, "{}", dir.display());
         }
     }
 
     let m = metrics(admin);
-    let runs = |route: &str| {
+    let runs = |route: &str, step: &str| {
         sample(
             &m,
             &format!(
-                "courier_step_seconds_count{{route=\"{route}\",step=\"tag.rhai\",kind=\"rhai\"}}"
+                "courier_step_seconds_count{{route=\"{route}\",step=\"{step}\",kind=\"rhai\"}}"
             ),
         )
     };
     assert_eq!(
-        (runs("chart"), runs("bill"), runs("lab")),
-        (3.0, 0.0, 3.0),
+        [
+            runs("chart", "tag.rhai"),
+            runs("bill", "tag.rhai"),
+            runs("lab", "tag.rhai"),
+            runs("research", "tag.rhai"),
+            runs("research", "mark.rhai"),
+        ],
+        [3.0, 0.0, 3.0, 0.0, 3.0],
         "{m}"
     );
-    for route in ["chart", "bill", "lab"] {
+    for route in ["chart", "bill", "lab", "research"] {
         assert_eq!(
             sample(
                 &m,
@@ -413,7 +441,16 @@ settings = {{ tag = "OTHER" }}
             .unwrap_or_else(|| panic!("no step record for {route}: {detail}"))
     };
     let (chart, bill, lab) = (by_route("chart"), by_route("bill"), by_route("lab"));
-    assert_eq!(steps.len(), 3, "{detail}");
+    assert_eq!(steps.len(), 5, "{detail}");
+    let research: Vec<&Value> = steps.iter().filter(|s| s["route"] == "research").collect();
+    assert_eq!(research.len(), 2, "{detail}");
+    assert_eq!(research[0]["step"], "tag.rhai");
+    assert_eq!(research[0]["output"], chart["output"]);
+    assert_eq!(research[1]["step"], "mark.rhai");
+    assert!(
+        research[1]["output"].as_str().unwrap().contains("|MARK|"),
+        "{detail}"
+    );
     assert_eq!(chart["outcome"], "changed");
     assert_eq!(bill["outcome"], "changed");
     assert_eq!(bill["output"], chart["output"]);
