@@ -312,16 +312,15 @@ pub fn run_route(
     msg: &Message,
     records: &mut Vec<StepRecord>,
 ) -> RouteResult {
-    let mut ignore = |_: usize, _: Result<&Message, &str>| {};
-    run_from(
+    let mut alone = SharedSteps::default();
+    run_route_shared(
         steps,
         route_index,
         route,
         control_id,
         msg,
-        None,
         records,
-        &mut ignore,
+        &mut alone,
     )
 }
 
@@ -332,6 +331,16 @@ pub struct SharedSteps {
     /// The class of a route's first `k + 1` steps, `k`, what they made of the message (or the
     /// reason a step dropped it), and where the `k + 1` step records begin in `records`.
     done: Vec<(usize, usize, Result<Message, String>, usize)>,
+}
+
+impl SharedSteps {
+    fn find(
+        &self,
+        class: usize,
+        k: usize,
+    ) -> Option<&(usize, usize, Result<Message, String>, usize)> {
+        self.done.iter().find(|d| d.0 == class && d.1 == k)
+    }
 }
 
 /// Runs the steps of one route like [`run_route`], but takes what another route of this
@@ -349,69 +358,39 @@ pub fn run_route_shared(
     records: &mut Vec<StepRecord>,
     shared: &mut SharedSteps,
 ) -> RouteResult {
-    let classes = steps.shares.get(route_index).map_or(&[][..], Vec::as_slice);
-    let wanted = steps.wanted.get(route_index).map_or(&[][..], Vec::as_slice);
+    let Some(route_steps) = steps.routes.get(route_index) else {
+        return RouteResult::Send(msg.clone());
+    };
+    let classes = &steps.shares[route_index];
+    let wanted = &steps.wanted[route_index];
     let first = records.len();
-    // The most steps another route already ran for this one.
-    let taken = (0..classes.len()).rev().find_map(|k| {
-        shared
-            .done
-            .iter()
-            .find(|d| d.0 == classes[k] && d.1 == k)
-            .map(|d| (k, &d.2, d.3))
-    });
-    let mut start = None;
-    if let Some((k, state, from)) = taken {
-        let copied: Vec<StepRecord> = records[from..=from + k]
-            .iter()
-            .map(|r| StepRecord {
-                route: route.to_string(),
-                ..r.clone()
-            })
-            .collect();
-        records.extend(copied);
-        match state {
-            Ok(m) => start = Some((k + 1, m.clone())),
-            Err(reason) => return RouteResult::Dropped(reason.clone()),
+    // Take over the most steps another route already ran for this one.
+    let taken = (0..classes.len())
+        .rev()
+        .find_map(|k| shared.find(classes[k], k).map(|d| (k, &d.2, d.3)));
+    let (done, mut copy) = match taken {
+        None => (0, msg.clone()),
+        Some((k, state, from)) => {
+            let copied: Vec<StepRecord> = records[from..=from + k]
+                .iter()
+                .map(|r| StepRecord {
+                    route: route.to_string(),
+                    ..r.clone()
+                })
+                .collect();
+            records.extend(copied);
+            match state {
+                Ok(m) => (k + 1, m.clone()),
+                Err(reason) => return RouteResult::Dropped(reason.clone()),
+            }
         }
-    }
-    let mut keep = |k: usize, state: Result<&Message, &str>| {
-        if wanted.get(k) == Some(&true)
-            && !shared.done.iter().any(|d| d.0 == classes[k] && d.1 == k)
-        {
+    };
+    // Keeps what step `k` made for the later routes that share it.
+    let mut remember = |k: usize, state: Result<&Message, &str>| {
+        if wanted.get(k) == Some(&true) && shared.find(classes[k], k).is_none() {
             let state = state.cloned().map_err(str::to_owned);
             shared.done.push((classes[k], k, state, first));
         }
-    };
-    run_from(
-        steps,
-        route_index,
-        route,
-        control_id,
-        msg,
-        start,
-        records,
-        &mut keep,
-    )
-}
-
-/// Runs route `route_index`'s steps on `msg`, or from `start` (how many steps are done, and
-/// the message they made); calls `after(k, ..)` when step `k` kept the message (as it is now)
-/// or dropped it (the route's reason).
-#[allow(clippy::too_many_arguments)]
-fn run_from(
-    steps: &Steps,
-    route_index: usize,
-    route: &Arc<str>,
-    control_id: &Arc<str>,
-    msg: &Message,
-    start: Option<(usize, Message)>,
-    records: &mut Vec<StepRecord>,
-    after: &mut dyn FnMut(usize, Result<&Message, &str>),
-) -> RouteResult {
-    let (done, mut copy) = start.unwrap_or_else(|| (0, msg.clone()));
-    let Some(route_steps) = steps.routes.get(route_index) else {
-        return RouteResult::Send(copy);
     };
     let mut last = copy.encode();
     for (k, s) in route_steps.iter().enumerate().skip(done) {
@@ -447,13 +426,13 @@ fn run_from(
                     records.push(record(StepOutcome::Changed(now.clone()), None));
                     last = now;
                 }
-                after(k, Ok(&copy));
+                remember(k, Ok(&copy));
             }
             Ok(Outcome::Drop { reason }) => {
                 let reason = redact(&reason, msg);
                 records.push(record(StepOutcome::Dropped, Some(reason.clone())));
                 let dropped = format!("{}: {reason}", s.step.name());
-                after(k, Err(&dropped));
+                remember(k, Err(&dropped));
                 return RouteResult::Dropped(dropped);
             }
             Err(e) => {

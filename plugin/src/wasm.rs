@@ -268,7 +268,7 @@ struct RuntimeInner {
     cache_dir: Option<PathBuf>,
     compat: u64,
     tick: Duration,
-    /// What the engine was made from (`engine_config`), for the engines plugins are
+    /// What the engine was made from (`new_engine`), for the engines plugins are
     /// compiled in, in the compiler child or a throwaway one (`cache::load_or_compile`).
     settings: cache::Settings,
     ticker: Option<Ticker>,
@@ -313,8 +313,7 @@ impl WasmRuntime {
             max_memory: config.max_memory,
             keep_resident: config.keep_resident,
         };
-        let cfg = engine_config(settings).map_err(err)?;
-        let engine = Engine::new(&cfg).map_err(|e| err(format!("{e:#}")))?;
+        let engine = new_engine(settings).map_err(err)?;
 
         let mut linker: Linker<HostState> = Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_sync(&mut linker).map_err(|e| err(format!("{e:#}")))?;
@@ -358,10 +357,10 @@ impl WasmRuntime {
     }
 }
 
-/// The engine settings of a runtime: `WasmRuntime::new` and the plugin compiler child
-/// (`compile_child_main`) make their engines from this one function, so that what the child
+/// An engine with a runtime's settings: `WasmRuntime::new`, the throwaway compile engine and
+/// the plugin compiler child (`compile_child_main`) all make theirs here, so that what one
 /// compiles loads in the runtime (wasmtime refuses code compiled under other settings).
-fn engine_config(settings: cache::Settings) -> Result<Config, String> {
+fn new_engine(settings: cache::Settings) -> Result<Engine, String> {
     let cache::Settings {
         max_instances: n,
         max_memory,
@@ -387,7 +386,7 @@ fn engine_config(settings: cache::Settings) -> Result<Config, String> {
     cfg.epoch_interruption(true)
         .allocation_strategy(InstanceAllocationStrategy::Pooling(pool))
         .wasm_component_model(true);
-    Ok(cfg)
+    Engine::new(&cfg).map_err(|e| format!("{e:#}"))
 }
 
 fn start_ticker(engine: &Engine, tick: Duration) -> Result<Ticker, String> {

@@ -103,7 +103,7 @@ fn compile(
                 // `precompile_component` wrote for a compatible engine, untampered. It is:
                 // the child is this program (the executable the process was started from,
                 // which whoever could replace could as well replace the engine), it made
-                // its engine with the same `engine_config` from the same settings, and the
+                // its engine with the same `new_engine` from the same settings, and the
                 // bytes came straight from its stdout. wasmtime checks the header (version
                 // and settings) all the same; a mismatch falls through to compiling here.
                 #[allow(unsafe_code)]
@@ -126,9 +126,7 @@ fn compile(
         let artefact = component.serialize()?;
         Ok((component, artefact))
     };
-    let apart = super::engine_config(settings)
-        .and_then(|config| Engine::new(&config).map_err(|e| format!("{e:#}")));
-    let apart = match apart {
+    let apart = match super::new_engine(settings) {
         Ok(apart) => apart,
         Err(e) => {
             // A second engine reserves its own instance pool (address space only); where that
@@ -143,9 +141,9 @@ fn compile(
     let artefact = artefact?;
     // SAFETY: `deserialize` runs the artefact's machine code, so it must be what
     // `precompile_component` wrote for a compatible engine, untampered. It is: the bytes were
-    // made just above, in this process, by an engine built by `engine_config` from the same
-    // settings as `engine`, and never left memory. wasmtime checks the header (version and settings) all
-    // the same; a mismatch is handled below by compiling in `engine` itself.
+    // made just above, in this process, by an engine built by `new_engine` from the same
+    // settings as `engine`, and never left memory. wasmtime checks the header (version and
+    // settings) all the same; a mismatch is handled below by compiling in `engine` itself.
     #[allow(unsafe_code)]
     let loaded = unsafe { Component::deserialize(engine, &artefact) };
     match loaded {
@@ -290,9 +288,7 @@ pub fn compile_child_main(args: &[String]) -> ExitCode {
         max_memory,
         keep_resident,
     };
-    let engine = match super::engine_config(settings)
-        .and_then(|config| Engine::new(&config).map_err(|e| format!("{e:#}")))
-    {
+    let engine = match super::new_engine(settings) {
         Ok(engine) => engine,
         Err(e) => return fail(EXIT_UNAVAILABLE, format!("cannot make an engine: {e}")),
     };
