@@ -21,9 +21,11 @@ use crate::charset::Charset;
 use crate::delimiters::Delimiters;
 use crate::error::ParseError;
 use crate::escape;
-use crate::message::{Element, Message, ParseOptions};
+use crate::message::{Element, Message, ParseOptions, SegmentRef};
 use crate::path::is_segment_id;
+use serde::ser::{Serialize, SerializeMap, SerializeSeq, Serializer};
 use serde_json::{Map, Value};
+use std::borrow::Cow;
 
 /// The largest position (field, component or sub-component number) [`from_json`] accepts: a
 /// key such as `"99999999"` would otherwise make it write that many separators.
@@ -84,92 +86,154 @@ pub enum JsonError {
 
 /// The JSON view of `msg`; see the module documentation and `docs/json.md`.
 pub fn to_json(msg: &Message) -> Value {
-    let d = msg.delimiters();
-    let mut delimiters = String::with_capacity(6);
-    delimiters.push(d.field as char);
-    delimiters.push_str(&d.encoding_characters());
-    let segments: Vec<Value> = msg
-        .segments()
-        .map(|seg| {
-            let mut fields = Map::new();
-            for n in 1..=seg.field_count() {
-                let Some(f) = seg.field(n) else { continue };
-                let value = if seg.is_msh() && n <= 2 {
-                    Some(Value::String(f.value()))
-                } else {
-                    field_json(&f)
-                };
-                if let Some(v) = value {
-                    fields.insert(n.to_string(), v);
-                }
-            }
-            let mut s = Map::new();
-            s.insert("id".into(), Value::String(seg.id().to_string()));
-            s.insert("fields".into(), Value::Object(fields));
-            Value::Object(s)
-        })
-        .collect();
-    let mut root = Map::new();
-    root.insert("delimiters".into(), Value::String(delimiters));
-    root.insert("segments".into(), Value::Array(segments));
-    Value::Object(root)
+    // Serializing the view into a `Value` cannot fail: every map key is a position number
+    // and every value a string, map or sequence.
+    serde_json::to_value(JsonView(msg)).unwrap_or_default()
 }
 
-/// A field: its repetitions, or `None` when it holds nothing.
-fn field_json(f: &Element<'_>) -> Option<Value> {
+/// [`to_json`] written as JSON text to `out`, without building the `Value` tree: values
+/// that need no decoding are escaped straight from the message's bytes, so a 1 MiB field
+/// costs the output and nothing more. The text is what `serde_json::to_vec(&to_json(msg))`
+/// gives, byte for byte.
+pub fn write_json(msg: &Message, out: &mut Vec<u8>) {
+    // Writing into a `Vec` cannot fail (see `to_json` for the view itself).
+    let _ = serde_json::to_writer(out, &JsonView(msg));
+}
+
+/// The message as [`to_json`] shapes it, serialized as it is walked.
+struct JsonView<'m>(&'m Message);
+
+impl Serialize for JsonView<'_> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let d = self.0.delimiters();
+        let mut delimiters = String::with_capacity(6);
+        delimiters.push(d.field as char);
+        delimiters.push_str(&d.encoding_characters());
+        let mut root = serializer.serialize_map(Some(2))?;
+        root.serialize_entry("delimiters", &delimiters)?;
+        root.serialize_entry("segments", &SegmentsView(self.0))?;
+        root.end()
+    }
+}
+
+struct SegmentsView<'m>(&'m Message);
+
+impl Serialize for SegmentsView<'_> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let mut seq = serializer.serialize_seq(None)?;
+        for seg in self.0.segments() {
+            seq.serialize_element(&SegmentView(seg))?;
+        }
+        seq.end()
+    }
+}
+
+struct SegmentView<'a>(SegmentRef<'a>);
+
+impl Serialize for SegmentView<'_> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let mut s = serializer.serialize_map(Some(2))?;
+        s.serialize_entry("id", self.0.id())?;
+        s.serialize_entry("fields", &FieldsView(self.0))?;
+        s.end()
+    }
+}
+
+struct FieldsView<'a>(SegmentRef<'a>);
+
+impl Serialize for FieldsView<'_> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let seg = self.0;
+        let mut fields = serializer.serialize_map(None)?;
+        for n in 1..=seg.field_count() {
+            let Some(f) = seg.field(n) else { continue };
+            if seg.is_msh() && n <= 2 {
+                fields.serialize_entry(&n, &f.value_cow())?;
+            } else if let Some(reps) = field_view(&f) {
+                fields.serialize_entry(&n, &reps)?;
+            }
+        }
+        fields.end()
+    }
+}
+
+/// A field's repetitions, or `None` when it holds nothing.
+fn field_view<'a>(f: &Element<'a>) -> Option<Vec<Rep<'a>>> {
     if f.is_empty() {
         return None;
     }
-    let reps: Vec<Value> = f.repetitions().map(|r| repetition_json(&r)).collect();
-    if let [Value::String(s)] = reps.as_slice()
-        && s.is_empty()
+    let reps: Vec<Rep<'a>> = f.repetitions().map(|r| Rep::of(&r)).collect();
+    if let [only] = reps.as_slice()
+        && only.0.is_empty()
     {
         return None;
     }
-    Some(Value::Array(reps))
+    Some(reps)
 }
 
-/// A repetition: a string when it has a single plain component, else an object of
-/// components.
-fn repetition_json(r: &Element<'_>) -> Value {
-    let comps: Vec<Value> = r.components().map(|c| component_json(&c)).collect();
-    sparse(comps, true)
-}
+/// A repetition's components, trailing empty ones dropped. It is written as a string when it
+/// has a single component that is a string, else as an object of the non-empty components
+/// keyed by position (the empty string when it has none).
+struct Rep<'a>(Vec<Comp<'a>>);
 
-/// A component: a string, or an object of sub-components.
-fn component_json(c: &Element<'_>) -> Value {
-    let subs: Vec<Value> = c
-        .subcomponents()
-        .map(|s| Value::String(s.value()))
-        .collect();
-    sparse(subs, false)
-}
+/// A component's sub-component values, trailing empty ones dropped. It is written as a string
+/// when it has at most one, else as an object of the non-empty ones keyed by position.
+struct Comp<'a>(Vec<Cow<'a, str>>);
 
-/// Trailing empty positions dropped; a single string stays a string (unless
-/// `wrap_objects` and it is an object); otherwise an object keyed by 1-based position
-/// without the empty ones.
-fn sparse(mut items: Vec<Value>, wrap_objects: bool) -> Value {
-    while items.last().is_some_and(is_empty) {
-        items.pop();
-    }
-    match items.len() {
-        0 => return Value::String(String::new()),
-        1 if !(wrap_objects && items[0].is_object()) => {
-            return items.pop().unwrap_or_default();
+impl<'a> Rep<'a> {
+    fn of(r: &Element<'a>) -> Rep<'a> {
+        let mut comps: Vec<Comp<'a>> = r.components().map(|c| Comp::of(&c)).collect();
+        while comps.last().is_some_and(|c| c.0.is_empty()) {
+            comps.pop();
         }
-        _ => {}
+        Rep(comps)
     }
-    let mut map = Map::new();
-    for (i, v) in items.into_iter().enumerate() {
-        if !is_empty(&v) {
-            map.insert((i + 1).to_string(), v);
-        }
-    }
-    Value::Object(map)
 }
 
-fn is_empty(v: &Value) -> bool {
-    matches!(v, Value::String(s) if s.is_empty())
+impl<'a> Comp<'a> {
+    fn of(c: &Element<'a>) -> Comp<'a> {
+        let mut subs: Vec<Cow<'a, str>> = c.subcomponents().map(|s| s.value_cow()).collect();
+        while subs.last().is_some_and(|s| s.is_empty()) {
+            subs.pop();
+        }
+        Comp(subs)
+    }
+}
+
+impl Serialize for Rep<'_> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        match self.0.as_slice() {
+            [] => serializer.serialize_str(""),
+            [only] if only.0.len() < 2 => only.serialize(serializer),
+            comps => {
+                let mut map = serializer.serialize_map(None)?;
+                for (i, c) in comps.iter().enumerate() {
+                    if !c.0.is_empty() {
+                        map.serialize_entry(&(i + 1), c)?;
+                    }
+                }
+                map.end()
+            }
+        }
+    }
+}
+
+impl Serialize for Comp<'_> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        match self.0.as_slice() {
+            [] => serializer.serialize_str(""),
+            [only] => serializer.serialize_str(only),
+            subs => {
+                let mut map = serializer.serialize_map(None)?;
+                for (i, s) in subs.iter().enumerate() {
+                    if !s.is_empty() {
+                        map.serialize_entry(&(i + 1), s)?;
+                    }
+                }
+                map.end()
+            }
+        }
+    }
 }
 
 /// Rebuilds a message from the JSON [`to_json`] gives, with default parse options; see
@@ -475,6 +539,26 @@ mod tests {
         // Decoded; trailing empty components dropped.
         assert_eq!(pid["5"], json!([{"1": "A^B", "2": "C"}]));
         assert_eq!(pid["6"], json!(["F", "", ""]));
+    }
+
+    #[test]
+    fn written_json_is_the_value_as_text() {
+        let m = msg(
+            "MSH|^~\\&|A||||||ORU^R01|1|P|2.5\rOBX|1|ED|X^^L||^AP^PDF^Base64^QUJD\\T\\~x&y|F\r",
+        );
+        let mut out = Vec::new();
+        write_json(&m, &mut out);
+        assert_eq!(
+            String::from_utf8(out.clone()).unwrap(),
+            concat!(
+                r#"{"delimiters":"|^~\\&","segments":[{"id":"MSH","fields":{"1":"|","2":"^~\\&","#,
+                r#""3":["A"],"9":[{"1":"ORU","2":"R01"}],"10":["1"],"11":["P"],"12":["2.5"]}},"#,
+                r#"{"id":"OBX","fields":{"1":["1"],"2":["ED"],"3":[{"1":"X","3":"L"}],"#,
+                r#""5":[{"2":"AP","3":"PDF","4":"Base64","5":"QUJD&"},{"1":{"1":"x","2":"y"}}],"#,
+                r#""6":["F"]}}]}"#
+            )
+        );
+        assert_eq!(out, serde_json::to_vec(&to_json(&m)).unwrap());
     }
 
     #[test]

@@ -121,11 +121,11 @@ impl FileSink {
     /// Writes one message; `Delivered` carries the file's name.
     pub async fn attempt(
         &mut self,
-        payload: &Bytes,
+        payload: Bytes,
         control_id: &str,
         message_type: &str,
     ) -> Attempt {
-        let body = match super::http_out::encode(payload, self.format) {
+        let body = match super::http_out::encode(&payload, self.format) {
             Ok(b) => b,
             Err(reason) => {
                 return Attempt::Rejected {
@@ -134,6 +134,7 @@ impl FileSink {
                 };
             }
         };
+        drop(payload);
         let seq = SEQ.fetch_add(1, Ordering::Relaxed);
         let name = render(&self.pattern, control_id, message_type, seq);
         let dir = self.dir.clone();

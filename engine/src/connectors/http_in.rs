@@ -170,10 +170,11 @@ fn ack_response(status: StatusCode, ack: Bytes, json: bool) -> Response<Full<Byt
             ..ParseOptions::default()
         };
         match Message::parse_with(ack.clone(), &opts) {
-            Ok(m) => (
-                Bytes::from(courier_hl7::to_json(&m).to_string()),
-                "application/json",
-            ),
+            Ok(m) => {
+                let mut text = Vec::with_capacity(ack.len() * 2 + 128);
+                courier_hl7::write_json(&m, &mut text);
+                (Bytes::from(text), "application/json")
+            }
             Err(_) => (ack, ER7_MEDIA_TYPE),
         }
     } else {

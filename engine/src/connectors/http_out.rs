@@ -90,8 +90,10 @@ pub fn encode(payload: &Bytes, format: PayloadFormat) -> Result<Bytes, String> {
             };
             let msg = Message::parse_with(payload.clone(), &opts)
                 .map_err(|e| format!("cannot convert the message to JSON: {e}"))?;
-            let mut body = serde_json::to_vec(&courier_hl7::to_json(&msg))
-                .map_err(|e| format!("cannot convert the message to JSON: {e}"))?;
+            // Written straight from the message (no `Value` tree in between) into room for
+            // the message and its keys: a 1 MiB report is then one 1 MiB copy, not three.
+            let mut body = Vec::with_capacity(payload.len() + payload.len() / 4 + 256);
+            courier_hl7::write_json(&msg, &mut body);
             body.push(b'\n');
             Ok(Bytes::from(body))
         }
@@ -147,11 +149,11 @@ impl HttpSink {
     /// One POST; `timeout` bounds the whole exchange.
     pub async fn attempt(
         &mut self,
-        payload: &Bytes,
+        payload: Bytes,
         control_id: &str,
         timeout: Duration,
     ) -> Attempt {
-        let body = match encode(payload, self.format) {
+        let body = match encode(&payload, self.format) {
             Ok(b) => b,
             Err(reason) => {
                 return Attempt::Rejected {
@@ -160,6 +162,7 @@ impl HttpSink {
                 };
             }
         };
+        drop(payload);
         let (status, kept) = match tokio::time::timeout(timeout, self.post(body, control_id)).await
         {
             Ok(Ok(r)) => r,

@@ -242,7 +242,7 @@ impl Worker {
     async fn send_batch(&mut self, batch: Vec<ClaimedDelivery>) -> bool {
         let stop = self.stops.stop.clone();
         let mut rest = batch.into_iter();
-        while let Some(d) = rest.next() {
+        while let Some(mut d) = rest.next() {
             if stop.is_cancelled() || self.stops.retire.is_cancelled() {
                 self.unsent(std::iter::once(d).chain(rest));
                 return true;
@@ -256,7 +256,7 @@ impl Worker {
                     self.unsent(rest);
                     return false;
                 }
-                o = self.send(&d) => o,
+                o = self.send(&mut d) => o,
             };
             let failed = matches!(outcome, Attempt::Retry { .. });
             let (settlement, finished) = self.judge(&d, outcome);
@@ -291,7 +291,8 @@ impl Worker {
         }
     }
 
-    async fn send(&mut self, d: &ClaimedDelivery) -> Attempt {
+    /// Sends `d`, giving its payload to the transport (nothing after the attempt reads it).
+    async fn send(&mut self, d: &mut ClaimedDelivery) -> Attempt {
         if d.possible_duplicate {
             warn!(
                 route = %d.route,
@@ -302,7 +303,7 @@ impl Worker {
         }
         self.client
             .attempt(
-                &d.payload,
+                std::mem::take(&mut d.payload),
                 &d.control_id,
                 &d.message_type,
                 self.ack_timeout,

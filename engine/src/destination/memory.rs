@@ -198,7 +198,7 @@ impl Worker {
     async fn attempt(&mut self, d: &Delivery) -> Attempt {
         self.client
             .attempt(
-                &d.message,
+                d.message.clone(),
                 &d.control_id,
                 &d.message_type,
                 self.ack_timeout,

@@ -70,10 +70,12 @@ impl Transport {
         }
     }
 
-    /// One attempt to deliver a message.
+    /// One attempt to deliver a message. The payload is given, not lent: a transport that
+    /// sends another form of it (JSON) lets it go once that is built, so a large message is
+    /// not held twice while it is sent.
     pub async fn attempt(
         &mut self,
-        payload: &Bytes,
+        payload: Bytes,
         control_id: &str,
         message_type: &str,
         ack_timeout: Duration,
@@ -81,7 +83,7 @@ impl Transport {
     ) -> Attempt {
         match self {
             Transport::Mllp(client) => {
-                attempt(client, payload, control_id, ack_timeout, release).await
+                attempt(client, &payload, control_id, ack_timeout, release).await
             }
             Transport::File(sink) => sink.attempt(payload, control_id, message_type).await,
             Transport::Http(sink) => sink.attempt(payload, control_id, ack_timeout).await,

@@ -8,6 +8,7 @@ use super::Message;
 use crate::charset::Charset;
 use crate::delimiters::Delimiters;
 use crate::escape;
+use std::borrow::Cow;
 use std::fmt;
 
 /// One segment of a [`Message`].
@@ -209,6 +210,24 @@ impl<'a> Element<'a> {
             return self.er7();
         }
         decode_text(self.raw, self.delims, self.charset)
+    }
+
+    /// [`Element::value`] without a copy when the text stands in the message as it is (no
+    /// escape sequence, ASCII or UTF-8): a large value, such as a base64 report in OBX-5, is
+    /// then read in place.
+    pub fn value_cow(&self) -> Cow<'a, str> {
+        if self.level == Level::Literal || !self.is_leaf() {
+            return match self.charset.decode(self.raw) {
+                Some(text) => text,
+                None => Cow::Owned(String::from_utf8_lossy(self.raw).into_owned()),
+            };
+        }
+        if let Cow::Borrowed(unescaped) = escape::decode(self.raw, self.delims)
+            && let Some(text) = self.charset.decode(unescaped)
+        {
+            return text;
+        }
+        Cow::Owned(decode_text(self.raw, self.delims, self.charset))
     }
 
     /// The ER7 text as written (escapes kept), converted from the message's character set.
