@@ -122,8 +122,9 @@ pub(crate) fn take_large_written() -> bool {
 }
 
 /// Gives back the pages a large blob left in the connection's page cache. SQLite keeps up to
-/// `cache_size` (2 MiB) of pages per connection for good once they are filled, and a 1 MiB
-/// body passing through fills half of it with pages no one will read again; ordinary
+/// `cache_size` of pages per connection (2 MiB for readers, 1 MiB for the writer) for good
+/// once they are filled, and a 1 MiB body passing through fills them with pages no one will
+/// read again; ordinary
 /// messages fill it with a few hot index pages, which this drops too, so it is only done
 /// after large bodies. Clean pages only: dirty ones stay until the commit.
 pub(crate) fn release_cache(conn: &Connection) {

@@ -178,6 +178,11 @@ pub(crate) fn prepare_writer(
     // changes until it is released: in memory, not in a temporary file written per job.
     conn.pragma_update(None, "temp_store", "MEMORY")
         .map_err(sql)?;
+    // The page cache holds a transaction's dirty pages until they spill, so its size is what
+    // writing a large message costs here beyond the message: 2 MiB by default, for 1 MiB
+    // reports held in the same commit as their route outputs. 1 MiB still holds every hot
+    // page of the tables and indexes an ordinary message touches (a few dozen).
+    conn.pragma_update(None, "cache_size", -1024).map_err(sql)?;
     // Without a limit the WAL file keeps the size of its largest burst forever.
     conn.pragma_update(None, "journal_size_limit", 64 * 1024 * 1024)
         .map_err(sql)?;
