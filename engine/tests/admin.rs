@@ -199,12 +199,20 @@ fn api_metrics_and_audit_follow_the_messages() {
     assert_eq!(dests["destinations"][0]["name"], "emr");
     assert_eq!(dests["destinations"][0]["paused"], false);
 
-    // Search, detail, resend.
-    let found = get(admin, "/api/messages?control_id=API2");
+    // Search, detail, resend. The counter above moves when the receiver acknowledges; the
+    // store records the outcome in the worker's next commit, a moment later.
+    let mut found = Value::Null;
+    wait_for(
+        "API2 recorded as delivered",
+        Duration::from_secs(10),
+        || {
+            found = get(admin, "/api/messages?control_id=API2");
+            found["messages"][0]["deliveries"]["delivered"] == 1
+        },
+    );
     let list = found["messages"].as_array().unwrap();
     assert_eq!(list.len(), 1, "{found}");
     let id = list[0]["id"].as_i64().unwrap();
-    assert_eq!(list[0]["deliveries"]["delivered"], 1);
     let by_patient = get(admin, "/api/messages?patient_id=100234&type=ADT");
     assert_eq!(by_patient["messages"].as_array().unwrap().len(), 3);
     let (status, body) = http(
