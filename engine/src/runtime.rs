@@ -277,15 +277,15 @@ impl EngineView {
         &self.paused
     }
 
-    /// Wakes a destination's worker (something was queued for it, or it was resumed); every
-    /// destination's when `None`.
+    /// Wakes a destination's worker after an operator changed its queue or state (resumed it,
+    /// queued its dead letters again, resent to it); every destination's when `None`.
     pub(crate) fn wake(&self, destination: Option<&str>) {
         let version = self.pipeline.current.load();
         for d in &version.dests {
             if destination.is_none_or(|name| *d.name == *name)
                 && let DestOut::Durable(wake) = &d.out
             {
-                wake.wake();
+                wake.changed();
             }
         }
     }
@@ -998,7 +998,7 @@ impl Pipeline {
     fn wake(version: &Version, processed: &Processed) {
         for (_, d, _, _) in &processed.copies {
             if let DestOut::Durable(wake) = &version.dests[*d].out {
-                wake.wake();
+                wake.queued();
             }
         }
     }

@@ -6,8 +6,11 @@
 //! flagged as a possible duplicate. Under load the worker claims up to `claim_batch`
 //! deliveries in one commit, sends them one by one, and records their outcomes in the commit
 //! that claims the next batch: one sync per batch instead of two per message. Order and what a failure holds back follow the
-//! destination's `ordering`. The worker wakes when a delivery is queued for it, when a retry
-//! falls due, and once a second to pick up what another process (the CLI) queued.
+//! destination's `ordering`. The worker wakes when a delivery is queued for it, when an
+//! operator changes its queue (resume, retry, resend), when a retry falls due, and once a
+//! second to pick up what another process (the CLI) queued. Under strict order a head waiting
+//! for its retry holds back everything queued behind it, so while it waits a newly queued
+//! delivery does not wake the worker: the claim it would make could only say "wait".
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -34,14 +37,30 @@ const POLL: Duration = Duration::from_secs(1);
 /// How long a stopping worker waits for the store to record its last outcomes.
 const LAST_SETTLE: Duration = Duration::from_secs(2);
 
-/// The handle the intake uses to wake a destination's worker.
+/// The handle the intake and the admin API use to wake a destination's worker.
 #[derive(Debug, Clone)]
-pub struct Wake(Arc<Notify>);
+pub struct Wake {
+    queued: Arc<Notify>,
+    changed: Arc<Notify>,
+}
 
 impl Wake {
-    /// Something was queued for this destination.
-    pub fn wake(&self) {
-        self.0.notify_one();
+    fn new() -> Wake {
+        Wake {
+            queued: Arc::new(Notify::new()),
+            changed: Arc::new(Notify::new()),
+        }
+    }
+
+    /// Deliveries were queued for this destination, behind those already queued.
+    pub fn queued(&self) {
+        self.queued.notify_one();
+    }
+
+    /// An operator changed this destination's queue or state (resumed it, queued dead letters
+    /// again, resent a message): the worker looks at its queue at once, whatever it waits for.
+    pub fn changed(&self) {
+        self.changed.notify_one();
     }
 }
 
@@ -69,7 +88,7 @@ pub fn spawn(
     paused: Arc<Paused>,
     after: Option<JoinHandle<()>>,
 ) -> (Wake, JoinHandle<()>) {
-    let notify = Arc::new(Notify::new());
+    let wake = Wake::new();
     let worker = Worker {
         name: cfg.name.clone(),
         order: match cfg.ordering {
@@ -84,7 +103,7 @@ pub fn spawn(
         batch: cfg.claim_batch,
         store,
         waiters,
-        notify: notify.clone(),
+        wake: wake.clone(),
         stops,
         paused,
         unsettled: Vec::new(),
@@ -99,7 +118,7 @@ pub fn spawn(
         }
         .instrument(span),
     );
-    (Wake(notify), task)
+    (wake, task)
 }
 
 struct Worker {
@@ -114,7 +133,7 @@ struct Worker {
     batch: usize,
     store: Arc<dyn Store>,
     waiters: Arc<Waiters>,
-    notify: Arc<Notify>,
+    wake: Wake,
     stops: Stops,
     /// An operator paused this destination: claim nothing until resumed (woken).
     paused: Arc<Paused>,
@@ -138,6 +157,11 @@ impl Worker {
             } else {
                 self.settle_and_claim().await
             };
+            // Under strict order, a head that waits for its retry time holds back what is
+            // queued behind it: a delivery queued meanwhile cannot go sooner, and claiming on
+            // its account would only cost the store a query per message taken in.
+            let head_waits =
+                self.order == DeliveryOrder::Strict && matches!(claimed, Ok(Claim::WaitUntil(_)));
             let wait_until = match claimed {
                 Ok(Claim::Ready(batch)) => {
                     if !self.send_batch(batch).await {
@@ -167,7 +191,8 @@ impl Worker {
                 _ = stop.cancelled() => {}
                 _ = retire.cancelled() => {}
                 _ = self.stops.drain.cancelled(), if self.unsettled.is_empty() => {}
-                _ = self.notify.notified() => {}
+                _ = self.wake.changed.notified() => {}
+                _ = self.wake.queued.notified(), if !head_waits => {}
                 _ = tokio::time::sleep(sleep) => {}
             }
         }
