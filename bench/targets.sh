@@ -6,9 +6,9 @@
 #   1 MiB     the extra peak memory one 1 MiB ORU (a PDF report in OBX-5) costs, through the
 #             example clinic and through one plain route, as a multiple of its size;
 #   backlog   intake with 100,000 messages queued for a destination that is down, against
-#             an engine like it whose queue is still short, in alternating rounds.
+#             an engine whose store holds as many, delivered, in alternating rounds.
 #
-#   bench/targets.sh                   everything (about 5 minutes on 2 cores)
+#   bench/targets.sh                   everything (about 7 minutes on 2 cores)
 #   BACKLOG=30000 bench/targets.sh     a quicker backlog (the target is stated for 100,000)
 #
 # Ports 27675-27699 on 127.0.0.1 are used; everything it starts is stopped at the end. Resetting
@@ -17,7 +17,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 backlog=${BACKLOG:-100000}
-measure=${MEASURE:-20000}
+measure=${MEASURE:-44000}
 # shellcheck source=bench/lib.sh
 . bench/lib.sh
 count_files() { find "$1" -type f | wc -l; }
@@ -117,15 +117,24 @@ stop "$engine"
 # ---------------------------------------------------------------------------------------------
 echo
 echo "== backlog: intake with $backlog messages queued for a destination that is down"
-# Two engines with the same config and code, each in its own store: one is given $backlog
-# messages first, the other nothing. Then short intake rounds alternate between them, so that
-# whatever else slows this machine during the run falls on both; the figure is the median
-# round with the backlog against the median round without.
-# The destination that is up acknowledges and keeps nothing: writing each message to a file
-# of its own would cost it about 1 ms of CPU per message on these cores, more as its
+# Three engines with the same config and code, each in its own store. Two are given $backlog
+# messages first: "backlog" queues them for its destination that is down; "control" delivers
+# them (a stand-in answers at its down destination's address until they are all in, then
+# stops, so that destination is down for it too, with an empty queue). "fresh" is given
+# nothing. Then short intake rounds alternate between the three, so that whatever else slows
+# this machine during the run falls on all; a figure is the median round of one engine against
+# the median round of another.
+#   the target: backlog against control, whose stores hold the same messages; the only
+#     difference is the $backlog deliveries waiting in the queue;
+#   for the record: control against fresh, what a store of $backlog messages costs intake by
+#     itself, queued or not (each insert into its indexes of patient ids and control ids lands
+#     on one of many pages, which SQLite must read and write back).
+# The destinations that are up acknowledge and keep nothing: writing each message to a file
+# of its own would cost a stand-in about 1 ms of CPU per message on these cores, more as its
 # directory fills, and the measurement would see that, not the backlog.
 "$bin" listen --port 27696 >/dev/null 2>&1 & pids+=($!)
-# backlog_engine NAME PORT: starts an engine for the measurement on PORT; its PID is in $engine.
+# backlog_engine NAME PORT DOWN_PORT: starts an engine for the measurement on PORT, whose
+# destination "down" is 127.0.0.1:DOWN_PORT; its PID is in $engine.
 backlog_engine() {
   cat >"$work/$1.toml" <<TOML
 [[listener]]
@@ -136,10 +145,10 @@ bind = "127.0.0.1:$2"
 name = "up"
 address = "127.0.0.1:27696"
 
-# Nothing listens here: every attempt fails and the queue grows.
+# Down while the rounds run: every attempt fails and the queue grows.
 [[destination]]
 name = "down"
-address = "127.0.0.1:27699"
+address = "127.0.0.1:$3"
 retry = { initial = "1s", max = "10s" }
 
 [[route]]
@@ -150,38 +159,62 @@ TOML
   pids+=($engine)
   wait_port 127.0.0.1 "$2"
 }
-backlog_engine backlog 27695; with=$engine
-backlog_engine control 27697; without=$engine
-rounds=${ROUNDS:-5}
+backlog_engine backlog 27695 27699; with=$engine
+backlog_engine control 27697 27698; control=$engine
+backlog_engine fresh 27694 27699; fresh=$engine
+rounds=${ROUNDS:-11}
 per_round=$((measure / rounds))
 # intake PID PORT: one bench run of $per_round messages at 8 connections against the engine
-# PID listening on PORT; prints "msg/s cpu_us errors".
+# PID listening on PORT; prints "msg/s cpu_us written_kib errors" (CPU and bytes written to
+# storage per message).
 intake() {
-  local before after json
+  local before after wbefore wafter json
   before=$(cpu "$1")
+  wbefore=$(awk '$1 == "write_bytes:" { print $2 }' "/proc/$1/io")
   json=$("$bin" bench --to "127.0.0.1:$2" --connections 8 --messages "$per_round" --json)
   after=$(cpu "$1")
-  python3 - "$json" "$before" "$after" <<'PY'
+  wafter=$(awk '$1 == "write_bytes:" { print $2 }' "/proc/$1/io")
+  python3 - "$json" "$before" "$after" "$wbefore" "$wafter" <<'PY'
 import json, sys
 v = json.loads(sys.argv[1])
 n = max(v["accepted"], 1)
-print(f"{v['messages_per_second']:.0f} {(float(sys.argv[3]) - float(sys.argv[2])) * 1e6 / n:.0f} {v['errors']}")
+cpu = (float(sys.argv[3]) - float(sys.argv[2])) * 1e6 / n
+written = (int(sys.argv[5]) - int(sys.argv[4])) / 1024 / n
+print(f"{v['messages_per_second']:.0f} {cpu:.0f} {written:.1f} {v['errors']}")
 PY
 }
+# The stand-in that takes the control engine's "down" deliveries while it fills; it prints a
+# "--- #N" header per message.
+"$bin" listen --port 27698 >"$work/drain.log" 2>&1 & drain=$!
+pids+=($drain)
+wait_port 127.0.0.1 27698
 "$bin" bench --to 127.0.0.1:27695 --connections 8 --messages "$backlog" >/dev/null
+"$bin" bench --to 127.0.0.1:27697 --connections 8 --messages "$backlog" >/dev/null
+for _ in $(seq 600); do
+  [ "$(grep -c '^--- #' "$work/drain.log")" -ge "$backlog" ] && break
+  sleep 1
+done
 sleep 2
+stop "$drain"
+echo "  control's stand-in took $(grep -c '^--- #' "$work/drain.log") of its $backlog; it is down now"
+rm -f "$work/drain.log"
 results=()
 for r in $(seq "$rounds"); do
-  read -r rate_without cpu_without err_without < <(intake "$without" 27697)
-  read -r rate_with cpu_with err_with < <(intake "$with" 27695)
-  echo "  round $r of $per_round messages: without a backlog $rate_without msg/s ($cpu_without us CPU/msg, errors $err_without);" \
-    "with $backlog and more queued $rate_with msg/s ($cpu_with us CPU/msg, errors $err_with)"
-  results+=("$rate_without $rate_with $cpu_without $cpu_with")
+  read -r rate_f cpu_f w_f err_f < <(intake "$fresh" 27694)
+  read -r rate_c cpu_c w_c err_c < <(intake "$control" 27697)
+  read -r rate_b cpu_b w_b err_b < <(intake "$with" 27695)
+  echo "  round $r of $per_round messages (msg/s, us CPU/msg, KiB written/msg, errors):" \
+    "fresh $rate_f $cpu_f $w_f $err_f; control $rate_c $cpu_c $w_c $err_c; backlog $rate_b $cpu_b $w_b $err_b"
+  results+=("$rate_f $rate_c $rate_b $cpu_f $cpu_c $cpu_b $w_f $w_c $w_b")
 done
-python3 - "${results[@]}" <<'PY'
+python3 - "$backlog" "${results[@]}" <<'PY'
 import statistics, sys
-rows = [[float(x) for x in r.split()] for r in sys.argv[1:]]
+backlog = int(sys.argv[1])
+rows = [[float(x) for x in r.split()] for r in sys.argv[2:]]
 med = lambda i: statistics.median(r[i] for r in rows)
-print(f"  medians: {med(0):.0f} msg/s without, {med(1):.0f} with ({med(2):.0f} and {med(3):.0f} us CPU/msg);"
-      f" intake with the backlog runs at {100 * med(1) / med(0):.0f}% of the rate without it; target >= 90%")
+for name, i in (("fresh", 0), ("control", 1), ("backlog", 2)):
+    print(f"  {name:8s} median {med(i):5.0f} msg/s, {med(i + 3):4.0f} us CPU/msg, {med(i + 6):5.1f} KiB written/msg")
+print(f"  with {backlog} queued, intake runs at {100 * med(2) / med(1):.0f}% of the rate of the same"
+      f" store with them delivered; target >= 90%")
+print(f"  (a store of {backlog} messages, queued or not, runs at {100 * med(1) / med(0):.0f}% of an empty one)")
 PY
