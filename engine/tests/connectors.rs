@@ -7,6 +7,7 @@ use std::collections::HashMap;
 use std::io::Write;
 use std::net::{SocketAddr, TcpStream};
 use std::path::Path;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use support::*;
@@ -635,4 +636,156 @@ fn reasons_recorded_before_a_crash_still_send_the_file_to_error() {
     let why = std::fs::read_to_string(inbox.join("error/mixed.hl7.error.txt")).unwrap();
     assert!(why.contains("(before the crash)"), "{why}");
     assert_eq!(wait_files(&outbox, 1, WAIT), [adt("AFTER1")]);
+}
+
+/// How a [`counting_receiver`] treats a connection after each response.
+#[derive(Clone, Copy)]
+enum AfterResponse {
+    /// Keeps it open for the next request.
+    KeepOpen,
+    /// Says `Connection: close` and closes it.
+    SayClose,
+    /// Closes it without saying so (an idle keep-alive timing out).
+    Drop,
+}
+
+/// (connection number, control id) of each request a [`counting_receiver`] read, in order.
+type Received = Arc<Mutex<Vec<(usize, String)>>>;
+
+/// An HTTP receiver answering 200 to every POST, recording what it read.
+fn counting_receiver(after: AfterResponse) -> (SocketAddr, Received) {
+    use std::io::{BufRead, BufReader, Read};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let got = Arc::new(Mutex::new(Vec::new()));
+    let seen = got.clone();
+    std::thread::spawn(move || {
+        for (n, stream) in listener.incoming().enumerate() {
+            let Ok(stream) = stream else { return };
+            let seen = seen.clone();
+            std::thread::spawn(move || {
+                let mut out = stream.try_clone().unwrap();
+                let mut reader = BufReader::new(stream);
+                loop {
+                    let (mut length, mut control_id) = (0usize, String::new());
+                    let mut line = String::new();
+                    if reader.read_line(&mut line).unwrap_or(0) == 0 {
+                        return;
+                    }
+                    loop {
+                        line.clear();
+                        if reader.read_line(&mut line).unwrap_or(0) == 0 {
+                            return;
+                        }
+                        let header = line.trim_end();
+                        if header.is_empty() {
+                            break;
+                        }
+                        let (k, v) = header.split_once(':').unwrap();
+                        match k.to_ascii_lowercase().as_str() {
+                            "content-length" => length = v.trim().parse().unwrap(),
+                            "x-hl7-control-id" => control_id = v.trim().to_owned(),
+                            _ => {}
+                        }
+                    }
+                    let mut body = vec![0; length];
+                    reader.read_exact(&mut body).unwrap();
+                    seen.lock().unwrap().push((n, control_id));
+                    let close = matches!(after, AfterResponse::SayClose);
+                    let head = format!(
+                        "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n{}\r\nok",
+                        if close { "Connection: close\r\n" } else { "" }
+                    );
+                    out.write_all(head.as_bytes()).unwrap();
+                    if !matches!(after, AfterResponse::KeepOpen) {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    (addr, got)
+}
+
+/// Sends `n` ADTs through an engine whose only destination is an HTTP one at `receiver`, and
+/// waits until each is logged as delivered; returns the attempt each took.
+fn through_http(receiver: SocketAddr, prefix: &str, n: usize) -> Vec<u64> {
+    let tmp = tempfile::tempdir().unwrap();
+    let config = format!(
+        r#"
+[[listener]]
+name = "in"
+bind = "127.0.0.1:0"
+
+[[destination]]
+name = "portal"
+kind = "http"
+url = "http://{receiver}/hl7"
+retry = {{ initial = "100ms", max = "200ms" }}
+
+[[route]]
+name = "all"
+destinations = ["portal"]
+"#
+    );
+    let (engine, addr) = start_engine(tmp.path(), &config, "in");
+    let mut c = Mllp::connect(addr);
+    for i in 0..n {
+        let ack = c.request(&adt(&format!("{prefix}{i}")));
+        assert_eq!(field(&ack, "MSA", 1), "AA");
+    }
+    let deadline = std::time::Instant::now() + WAIT;
+    loop {
+        let delivered = log_lines(&engine, "delivered");
+        if delivered.len() >= n {
+            return delivered
+                .iter()
+                .map(|v| v["attempt"].as_u64().unwrap())
+                .collect();
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{}",
+            engine.stderr_text()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn http_destination_keeps_its_connection_between_deliveries() {
+    let (receiver, got) = counting_receiver(AfterResponse::KeepOpen);
+    let attempts = through_http(receiver, "KEEP", 5);
+    assert_eq!(attempts, [1; 5], "each delivered on its first attempt");
+    let got = got.lock().unwrap().clone();
+    let ids: Vec<_> = got.iter().map(|(_, id)| id.as_str()).collect();
+    assert_eq!(ids, ["KEEP0", "KEEP1", "KEEP2", "KEEP3", "KEEP4"]);
+    assert!(
+        got.iter().all(|(conn, _)| *conn == 0),
+        "all five on one connection: {got:?}"
+    );
+}
+
+#[test]
+fn http_destination_opens_a_new_connection_when_the_receiver_closes_it() {
+    // Said: each request on a connection of its own, none failing.
+    let (receiver, got) = counting_receiver(AfterResponse::SayClose);
+    let attempts = through_http(receiver, "SAID", 4);
+    assert_eq!(attempts, [1; 4], "each delivered on its first attempt");
+    let got = got.lock().unwrap().clone();
+    let conns: Vec<_> = got.iter().map(|(conn, _)| *conn).collect();
+    assert_eq!(conns, [0, 1, 2, 3], "{got:?}");
+
+    // Not said: the receiver closes after each response. Whether the engine sees that before
+    // its next request or only after it, each message still arrives, once, in order.
+    let (receiver, got) = counting_receiver(AfterResponse::Drop);
+    let attempts = through_http(receiver, "DROP", 4);
+    assert_eq!(attempts.len(), 4);
+    let ids: Vec<_> = got
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|(_, id)| id.clone())
+        .collect();
+    assert_eq!(ids, ["DROP0", "DROP1", "DROP2", "DROP3"]);
 }

@@ -2,9 +2,10 @@
 //!
 //! 2xx = delivered; 5xx, 408, 429, a timeout or a connection failure = retried after the
 //! backoff; any other status (4xx, a redirect) = rejected, a dead letter. The status line and
-//! the start of the response body are kept with the delivery as its "ACK". A new connection
-//! is made per attempt (webhooks are not a high-rate path); `https://` URLs go over rustls
-//! with the CA named in `tls`, as MLLP destinations do.
+//! the start of the response body are kept with the delivery as its "ACK". The connection is
+//! kept open between deliveries (HTTP/1.1 keep-alive) while the receiver keeps it open; a
+//! request that finds it closed before any byte went out is sent on a new one at once.
+//! `https://` URLs go over rustls with the CA named in `tls`, as MLLP destinations do.
 
 use std::time::Duration;
 
@@ -13,6 +14,7 @@ use courier_hl7::{Message, ParseOptions};
 use courier_mllp::ClientTls;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::Request;
+use hyper::client::conn::http1::SendRequest;
 use hyper::header::{HeaderName, HeaderValue};
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -109,6 +111,22 @@ pub struct HttpSink {
     tls: Option<ClientTls>,
     connect_timeout: Duration,
     max_response: usize,
+    /// The connection kept from the last delivery, if the receiver kept it open.
+    kept: Option<Connection>,
+}
+
+/// An open HTTP/1.1 connection: the handle that sends on it and the task that drives it.
+#[derive(Debug)]
+struct Connection {
+    sender: SendRequest<Full<Bytes>>,
+    driver: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Connection {
+    fn drop(&mut self) {
+        // A connection dropped mid-exchange (a timeout) is not left half-read in the background.
+        self.driver.abort();
+    }
 }
 
 impl HttpSink {
@@ -143,6 +161,7 @@ impl HttpSink {
             tls: cfg.tls_loaded.clone(),
             connect_timeout: cfg.connect_timeout,
             max_response: cfg.max_frame_size,
+            kept: None,
         }
     }
 
@@ -195,11 +214,90 @@ impl HttpSink {
         }
     }
 
+    /// Sends `body` on the kept connection, or on a new one if there is none, the receiver
+    /// closed it, or it was found closed before the request went out.
     async fn post(
-        &self,
+        &mut self,
         body: Bytes,
         control_id: &str,
     ) -> Result<(hyper::StatusCode, Bytes), String> {
+        let mut request = self.request(body, control_id)?;
+        // Taken out while in use: a timeout drops it with the exchange, half done.
+        let mut conn = match self.kept.take() {
+            Some(mut kept) if !kept.sender.is_closed() => match kept.sender.ready().await {
+                Ok(()) => kept,
+                Err(_) => self.connect().await?,
+            },
+            _ => self.connect().await?,
+        };
+        let response = match conn.sender.try_send_request(request).await {
+            Ok(response) => response,
+            Err(mut e) => match e.take_message() {
+                // Nothing was written: the receiver had closed the connection (an idle
+                // keep-alive timing out as it was reused). The request goes on a new one.
+                Some(unsent) => {
+                    request = unsent;
+                    conn = self.connect().await?;
+                    conn.sender
+                        .send_request(request)
+                        .await
+                        .map_err(|e| format!("HTTP request failed: {e}"))?
+                }
+                None => return Err(format!("HTTP request failed: {}", e.into_error())),
+            },
+        };
+        let status = response.status();
+        let closes = response
+            .headers()
+            .get(hyper::header::CONNECTION)
+            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"close"));
+        let body = Limited::new(response.into_body(), self.max_response)
+            .collect()
+            .await
+            .map(|c| c.to_bytes());
+        // Kept only after a whole response: one cut short or over the limit leaves the rest
+        // of it on the connection.
+        let body = match body {
+            Ok(body) => {
+                if !closes {
+                    self.kept = Some(conn);
+                }
+                body
+            }
+            Err(_) => Bytes::new(),
+        };
+        let kept = &body[..body.len().min(KEPT_RESPONSE)];
+        let mut record = format!("HTTP {status}\r\n\r\n").into_bytes();
+        record.extend_from_slice(kept);
+        Ok((status, Bytes::from(record)))
+    }
+
+    /// The POST for one message.
+    fn request(&self, body: Bytes, control_id: &str) -> Result<Request<Full<Bytes>>, String> {
+        let mut request = Request::post(self.url.path_and_query.as_str())
+            .header(hyper::header::HOST, self.url.authority.as_str())
+            .header(
+                hyper::header::CONTENT_TYPE,
+                match self.format {
+                    PayloadFormat::Er7 => ER7_MEDIA_TYPE,
+                    PayloadFormat::Json => "application/json",
+                },
+            )
+            .header(hyper::header::USER_AGENT, "courier");
+        if let Ok(v) = HeaderValue::from_str(control_id) {
+            request = request.header("x-hl7-control-id", v);
+        }
+        let mut request = request
+            .body(Full::new(body))
+            .map_err(|e| format!("cannot build the request: {e}"))?;
+        for (k, v) in &self.headers {
+            request.headers_mut().insert(k.clone(), v.clone());
+        }
+        Ok(request)
+    }
+
+    /// A new connection to the URL's host, over TLS for `https://`.
+    async fn connect(&self) -> Result<Connection, String> {
         let tcp = tokio::time::timeout(
             self.connect_timeout,
             TcpStream::connect((self.url.host.as_str(), self.url.port)),
@@ -223,60 +321,23 @@ impl HttpSink {
                             courier_mllp::tls::describe_handshake_error(&e)
                         )
                     })?;
-                self.exchange(stream, body, control_id).await
+                handshake(stream).await
             }
-            None => self.exchange(tcp, body, control_id).await,
+            None => handshake(tcp).await,
         }
     }
+}
 
-    async fn exchange<S>(
-        &self,
-        stream: S,
-        body: Bytes,
-        control_id: &str,
-    ) -> Result<(hyper::StatusCode, Bytes), String>
-    where
-        S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-    {
-        let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-            .await
-            .map_err(|e| format!("HTTP handshake failed: {e}"))?;
-        let conn = tokio::spawn(async move {
-            let _ = connection.await;
-        });
-        let mut request = Request::post(self.url.path_and_query.as_str())
-            .header(hyper::header::HOST, self.url.authority.as_str())
-            .header(
-                hyper::header::CONTENT_TYPE,
-                match self.format {
-                    PayloadFormat::Er7 => ER7_MEDIA_TYPE,
-                    PayloadFormat::Json => "application/json",
-                },
-            )
-            .header(hyper::header::USER_AGENT, "courier");
-        if let Ok(v) = HeaderValue::from_str(control_id) {
-            request = request.header("x-hl7-control-id", v);
-        }
-        let mut request = request
-            .body(Full::new(body))
-            .map_err(|e| format!("cannot build the request: {e}"))?;
-        for (k, v) in &self.headers {
-            request.headers_mut().insert(k.clone(), v.clone());
-        }
-        let response = sender
-            .send_request(request)
-            .await
-            .map_err(|e| format!("HTTP request failed: {e}"))?;
-        let status = response.status();
-        let body = Limited::new(response.into_body(), self.max_response)
-            .collect()
-            .await
-            .map(|c| c.to_bytes())
-            .unwrap_or_default();
-        conn.abort();
-        let kept = &body[..body.len().min(KEPT_RESPONSE)];
-        let mut record = format!("HTTP {status}\r\n\r\n").into_bytes();
-        record.extend_from_slice(kept);
-        Ok((status, Bytes::from(record)))
-    }
+/// HTTP/1.1 over `stream`, its driver spawned.
+async fn handshake<S>(stream: S) -> Result<Connection, String>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let (sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .map_err(|e| format!("HTTP handshake failed: {e}"))?;
+    let driver = tokio::spawn(async move {
+        let _ = connection.await;
+    });
+    Ok(Connection { sender, driver })
 }
