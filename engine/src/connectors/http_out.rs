@@ -3,11 +3,12 @@
 //! 2xx = delivered; 5xx, 408, 429, a timeout or a connection failure = retried after the
 //! backoff; any other status (4xx, a redirect) = rejected, a dead letter. The status line and
 //! the start of the response body are kept with the delivery as its "ACK". The connection is
-//! kept open between deliveries (HTTP/1.1 keep-alive) while the receiver keeps it open; a
-//! request that finds it closed before any byte went out is sent on a new one at once.
+//! kept open between deliveries (HTTP/1.1 keep-alive) while the receiver keeps it open, for at
+//! most [`IDLE_LIMIT`] between two; a request that finds it closed before any byte went out
+//! is sent on a new one at once.
 //! `https://` URLs go over rustls with the CA named in `tls`, as MLLP destinations do.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use courier_hl7::{Message, ParseOptions};
@@ -25,6 +26,12 @@ use crate::destination::Attempt;
 
 /// Most bytes of a response body kept with the delivery.
 pub const KEPT_RESPONSE: usize = 64 * 1024;
+
+/// How long a kept connection may sit idle and still be used. Firewalls between a clinic and
+/// its receivers often forget an idle connection without telling either end; a request
+/// written into one would wait out the whole ACK timeout and a retry. A fresh connection
+/// after a quiet spell costs one handshake instead.
+pub const IDLE_LIMIT: Duration = Duration::from_secs(30);
 
 /// The media type of ER7 over HTTP.
 pub const ER7_MEDIA_TYPE: &str = "x-application/hl7-v2+er7";
@@ -120,6 +127,8 @@ pub struct HttpSink {
 struct Connection {
     sender: SendRequest<Full<Bytes>>,
     driver: tokio::task::JoinHandle<()>,
+    /// When its last response was read.
+    idle_since: Instant,
 }
 
 impl Drop for Connection {
@@ -224,10 +233,14 @@ impl HttpSink {
         let mut request = self.request(body, control_id)?;
         // Taken out while in use: a timeout drops it with the exchange, half done.
         let mut conn = match self.kept.take() {
-            Some(mut kept) if !kept.sender.is_closed() => match kept.sender.ready().await {
-                Ok(()) => kept,
-                Err(_) => self.connect().await?,
-            },
+            Some(mut kept)
+                if !kept.sender.is_closed() && kept.idle_since.elapsed() < IDLE_LIMIT =>
+            {
+                match kept.sender.ready().await {
+                    Ok(()) => kept,
+                    Err(_) => self.connect().await?,
+                }
+            }
             _ => self.connect().await?,
         };
         let response = match conn.sender.try_send_request(request).await {
@@ -260,6 +273,7 @@ impl HttpSink {
         let body = match body {
             Ok(body) => {
                 if !closes {
+                    conn.idle_since = Instant::now();
                     self.kept = Some(conn);
                 }
                 body
@@ -339,5 +353,9 @@ where
     let driver = tokio::spawn(async move {
         let _ = connection.await;
     });
-    Ok(Connection { sender, driver })
+    Ok(Connection {
+        sender,
+        driver,
+        idle_since: Instant::now(),
+    })
 }
