@@ -209,7 +209,7 @@ pub(crate) mod sql {
     pub(crate) const IN_FLIGHT: &str =
         "SELECT d.id, d.message_id, d.destination, m.control_id, d.attempts
          FROM deliveries d JOIN messages m ON m.id = d.message_id
-         WHERE d.status = 'in_flight'
+         WHERE d.status = 'in_flight' AND d.status IN ('queued', 'in_flight', 'error')
          ORDER BY d.id";
 
     pub(crate) const STRICT_HEAD: &str = concat!(
@@ -596,7 +596,7 @@ pub(crate) fn recover_in_flight(conn: &Connection) -> OpResult<Vec<RecoveredDeli
     // The same transaction as the select, so exactly these rows change.
     conn.prepare_cached(
         "UPDATE deliveries SET status = 'queued', possible_duplicate = 1
-         WHERE status = 'in_flight'",
+         WHERE status = 'in_flight' AND status IN ('queued', 'in_flight', 'error')",
     )?
     .execute([])?;
     Ok(recovered)
@@ -1098,7 +1098,8 @@ pub(crate) fn retry_errored(conn: &Connection, destination: Option<&str>) -> OpR
         .prepare_cached(
             "UPDATE deliveries
              SET status = 'queued', attempts = 0, next_attempt_at = NULL, finished_at = NULL
-             WHERE status = 'error' AND (?1 IS NULL OR destination = ?1)",
+             WHERE status = 'error' AND status IN ('queued', 'in_flight', 'error')
+               AND (?1 IS NULL OR destination = ?1)",
         )?
         .execute(params![destination])?;
     Ok(n as u64)

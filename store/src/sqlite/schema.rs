@@ -15,7 +15,7 @@ use super::convert::classify;
 use crate::error::StoreError;
 
 /// The migration steps; step `i` takes the schema from version `i` to `i + 1`.
-pub(crate) const MIGRATIONS: &[&str] = &[V1, V2, V3];
+pub(crate) const MIGRATIONS: &[&str] = &[V1, V2, V3, V4];
 
 /// The schema version this code writes.
 pub(crate) fn latest_version() -> i64 {
@@ -145,6 +145,28 @@ CREATE TABLE message_acks (
     message_id INTEGER PRIMARY KEY REFERENCES messages(id) ON DELETE CASCADE,
     ack        BLOB NOT NULL
 );
+"#;
+
+/// Version 4: fewer index pages written per message and per delivery outcome.
+///
+/// - Nearly every delivery ends `delivered`, and nothing looks deliveries up by that status,
+///   yet the status index kept an entry for every delivery ever made, and each claim and
+///   outcome moved an entry within it and within `deliveries_message` (which carried the
+///   status too). Now the status index holds only unfinished and failed deliveries (queries
+///   repeat its WHERE term verbatim, as for the queues), and a message's deliveries are found
+///   by its id alone: a status change touches neither.
+/// - The duplicate check's index leads with the control id, so it also serves a search by
+///   control id, which had an index of its own: one index written per message instead of two.
+const V4: &str = r#"
+DROP INDEX deliveries_status;
+CREATE INDEX deliveries_unfinished
+    ON deliveries (status, destination) WHERE status IN ('queued', 'in_flight', 'error');
+DROP INDEX deliveries_message;
+CREATE INDEX deliveries_message ON deliveries (message_id);
+DROP INDEX messages_duplicate;
+DROP INDEX messages_control_id;
+CREATE INDEX messages_control_id
+    ON messages (control_id, sending_application, sending_facility, received_at);
 "#;
 
 /// Settings for the writer connection, then the migrations.

@@ -1,10 +1,40 @@
 //! Versioned migrations: a fresh store gets the latest schema, reopening is a no-op, a store
 //! written by a newer Courier is refused and left untouched.
 
-use courier_store::{SqliteStore, Store, StoreError, StoreSettings};
+use bytes::Bytes;
+use courier_store::{DeliveryOrder, SqliteStore, Store, StoreError, StoreSettings};
 use rusqlite::Connection;
 
 use crate::common::*;
+
+/// Gives a store made by this code the indexes a version 3 store has (what version 4 changed),
+/// so that an upgrade from an older version can be tested on it.
+fn indexes_of_version_3(conn: &Connection) {
+    conn.execute_batch(
+        "DROP INDEX deliveries_unfinished;
+         DROP INDEX deliveries_message;
+         DROP INDEX messages_control_id;
+         CREATE INDEX messages_duplicate
+             ON messages (sending_application, sending_facility, control_id, received_at);
+         CREATE INDEX messages_control_id ON messages (control_id);
+         CREATE INDEX deliveries_status ON deliveries (status, destination);
+         CREATE INDEX deliveries_message ON deliveries (message_id, status);",
+    )
+    .unwrap();
+}
+
+fn index_names(dir: &std::path::Path) -> Vec<String> {
+    let conn = Connection::open(dir.join("courier.db")).unwrap();
+    let mut stmt = conn
+        .prepare(
+            "SELECT name FROM sqlite_schema WHERE type = 'index' AND sql IS NOT NULL ORDER BY name",
+        )
+        .unwrap();
+    stmt.query_map([], |r| r.get::<_, String>(0))
+        .unwrap()
+        .collect::<Result<Vec<_>, _>>()
+        .unwrap()
+}
 
 fn pragma(dir: &std::path::Path, name: &str) -> String {
     let conn = Connection::open(dir.join("courier.db")).unwrap();
@@ -24,7 +54,7 @@ async fn fresh_store_gets_the_schema_and_settings() {
     store.journal(message("C1", "P")).await.unwrap();
     assert_eq!(store.path(), dir.path().join("courier.db"));
     drop(store);
-    assert_eq!(pragma(dir.path(), "user_version"), "3");
+    assert_eq!(pragma(dir.path(), "user_version"), "4");
     assert_eq!(pragma(dir.path(), "journal_mode"), "wal");
     assert_eq!(pragma(dir.path(), "auto_vacuum"), "2", "incremental");
 }
@@ -52,7 +82,7 @@ async fn reopening_an_up_to_date_store_changes_nothing() {
         assert_eq!(store.message(id).await.unwrap().unwrap().control_id, "C1");
     }
     assert_eq!(schema(dir.path()), before);
-    assert_eq!(pragma(dir.path(), "user_version"), "3");
+    assert_eq!(pragma(dir.path(), "user_version"), "4");
 }
 
 #[tokio::test]
@@ -70,7 +100,7 @@ async fn a_store_from_a_newer_courier_is_refused() {
     else {
         panic!("expected SchemaTooNew, got {err:?}")
     };
-    assert_eq!((*found, *supported), (7, 3));
+    assert_eq!((*found, *supported), (7, 4));
     assert!(
         err.to_string().contains("newer than this Courier supports"),
         "{err}"
@@ -79,7 +109,7 @@ async fn a_store_from_a_newer_courier_is_refused() {
     // And the refusal released the store's lock.
     Connection::open(dir.path().join("courier.db"))
         .unwrap()
-        .pragma_update(None, "user_version", 3)
+        .pragma_update(None, "user_version", 4)
         .unwrap();
     open(dir.path());
 }
@@ -93,6 +123,7 @@ async fn a_version_1_store_is_upgraded_in_place() {
     };
     // What a store written before the audit log looks like.
     let conn = Connection::open(dir.path().join("courier.db")).unwrap();
+    indexes_of_version_3(&conn);
     conn.execute_batch("DROP TABLE message_acks; DROP TABLE audit; PRAGMA user_version = 1;")
         .unwrap();
     drop(conn);
@@ -109,7 +140,7 @@ async fn a_version_1_store_is_upgraded_in_place() {
         .await
         .unwrap();
     drop(store);
-    assert_eq!(pragma(dir.path(), "user_version"), "3");
+    assert_eq!(pragma(dir.path(), "user_version"), "4");
 }
 
 #[tokio::test]
@@ -133,6 +164,7 @@ async fn a_version_2_store_is_upgraded_and_keeps_its_acks() {
         store.journal(message("C1", "P")).await.unwrap()
     };
     let conn = Connection::open(dir.path().join("courier.db")).unwrap();
+    indexes_of_version_3(&conn);
     conn.execute_batch(
         "DROP TABLE message_acks; PRAGMA user_version = 2;
          UPDATE message_bodies SET ack = X'4D53417C41417C4331';",
@@ -143,5 +175,94 @@ async fn a_version_2_store_is_upgraded_and_keeps_its_acks() {
     let detail = store.message(id).await.unwrap().unwrap();
     assert_eq!(detail.ack.as_deref(), Some(&b"MSA|AA|C1"[..]));
     drop(store);
-    assert_eq!(pragma(dir.path(), "user_version"), "3");
+    assert_eq!(pragma(dir.path(), "user_version"), "4");
+}
+
+/// A version 3 store gets version 4's indexes, and what it holds is found and claimed as
+/// before: queued, in-flight, dead-lettered and delivered deliveries, and a duplicate.
+#[tokio::test]
+async fn a_version_3_store_is_upgraded_and_its_queues_carry_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let now = t(10);
+    let (delivered, dead, in_flight, queued) = {
+        let store = open(dir.path());
+        let (delivered, d1) = queue(&store, "emr", "P1", "one").await;
+        let (dead, d2) = queue(&store, "emr", "P2", "two").await;
+        let (in_flight, _) = queue(&store, "emr", "P3", "three").await;
+        let (queued, _) = queue(&store, "lab", "P4", "four").await;
+        for expect in [d1, d2] {
+            let got = claim(&store, "emr", DeliveryOrder::SetAside, now).await;
+            assert_eq!(got.id, expect);
+        }
+        store
+            .delivered(d1, Bytes::from_static(b"MSA|AA|one"))
+            .await
+            .unwrap();
+        store.dead_letter(d2, "rejected", None).await.unwrap();
+        claim(&store, "emr", DeliveryOrder::SetAside, now).await;
+        (delivered, dead, in_flight, queued)
+    };
+    let conn = Connection::open(dir.path().join("courier.db")).unwrap();
+    indexes_of_version_3(&conn);
+    conn.pragma_update(None, "user_version", 3).unwrap();
+    drop(conn);
+
+    let store = open(dir.path());
+    assert_eq!(pragma(dir.path(), "user_version"), "4");
+    let names = index_names(dir.path());
+    for gone in ["deliveries_status", "messages_duplicate"] {
+        assert!(
+            !names.iter().any(|n| n == gone),
+            "{gone} is still there: {names:?}"
+        );
+    }
+    for new in [
+        "deliveries_unfinished",
+        "deliveries_message",
+        "messages_control_id",
+    ] {
+        assert!(
+            names.iter().any(|n| n == new),
+            "{new} is missing: {names:?}"
+        );
+    }
+    let recovered = store.recover_in_flight().await.unwrap();
+    assert_eq!(recovered.len(), 1);
+    assert_eq!(recovered[0].message_id, in_flight);
+    let mut depths = store.queue_depths().await.unwrap();
+    depths.sort_by(|a, b| a.destination.cmp(&b.destination));
+    let depths: Vec<_> = depths
+        .iter()
+        .map(|d| (d.destination.as_str(), d.queued, d.in_flight, d.errored))
+        .collect();
+    assert_eq!(depths, [("emr", 1, 0, 1), ("lab", 1, 0, 0)]);
+    let found = store
+        .search(&courier_store::Search {
+            delivery_status: Some(courier_store::DeliveryStatus::Error),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(found.iter().map(|m| m.id).collect::<Vec<_>>(), [dead]);
+    let found = store
+        .search(&courier_store::Search {
+            control_id: Some("one".into()),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(found.iter().map(|m| m.id).collect::<Vec<_>>(), [delivered]);
+    assert_eq!(store.retry_errored(Some("emr")).await.unwrap(), 1);
+    let again = claim(&store, "emr", DeliveryOrder::SetAside, now).await;
+    assert_eq!(again.message_id, dead);
+    assert_eq!(payload(&again), "two");
+    let next = claim(&store, "lab", DeliveryOrder::Strict, now).await;
+    assert_eq!(next.message_id, queued);
+    // The duplicate check finds a message by its control id and sender.
+    let dup = store
+        .find_duplicate("REG", "CLINIC", "four", t(0))
+        .await
+        .unwrap()
+        .expect("a duplicate");
+    assert_eq!(dup.id, queued);
 }
