@@ -524,6 +524,7 @@ mod tests {
             }
             if *name == "FIND_DUPLICATE" {
                 assert!(text.contains("messages_control_id"), "{name}:\n{text}");
+                assert!(!text.contains("TEMP B-TREE"), "{name} sorts:\n{text}");
             }
             if name.starts_with("BY_KEY") {
                 assert!(text.contains("deliveries_pending_key"), "{name}:\n{text}");
@@ -532,5 +533,63 @@ mod tests {
                 assert!(!text.contains("TEMP B-TREE"), "{name} sorts:\n{text}");
             }
         }
+    }
+
+    /// Writing a row of the tables every message and delivery writes (the journal, its steps,
+    /// its deliveries, each claim and outcome) builds no temporary b-tree: SQLite builds one
+    /// per statement run for an `IN` list of three or more constants in a CHECK constraint or
+    /// a partial index's WHERE. Checked on the connection that created the schema and on one
+    /// opened afterwards; the constraints still refuse a value outside their lists.
+    #[test]
+    fn row_writes_build_no_temporary_btree() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("plan.db");
+        let mut conn = Connection::open(&path).unwrap();
+        schema::prepare_writer(&mut conn, &path, &StoreSettings::default(), true).unwrap();
+        let writes = [
+            "INSERT INTO messages (received_at, listener, peer, control_id, message_type,
+                 sending_application, sending_facility, patient_id, status)
+             VALUES (1, 'l', 'p', 'c', 't', 'a', 'f', 'x', 'processed')",
+            "INSERT INTO steps (message_id, seq, route, step, kind, content_hash, outcome)
+             VALUES (1, 1, 'r', 's', 'k', 'h', 'kept')",
+            "INSERT INTO deliveries (message_id, route, destination, order_key, created_at)
+             VALUES (1, 'r', 'd', '', 1)",
+            "UPDATE deliveries SET status = 'in_flight', attempts = attempts + 1 WHERE id = 1",
+            "UPDATE deliveries SET status = 'delivered' WHERE id = 1",
+        ];
+        let reopened = Connection::open(&path).unwrap();
+        for conn in [&conn, &reopened] {
+            for sql in writes {
+                let opcodes: Vec<String> = conn
+                    .prepare(&format!("EXPLAIN {sql}"))
+                    .unwrap()
+                    .query_map([], |r| r.get::<_, String>(1))
+                    .unwrap()
+                    .collect::<Result<_, _>>()
+                    .unwrap();
+                assert!(
+                    !opcodes.iter().any(|op| op == "OpenEphemeral"),
+                    "{sql} builds a temporary b-tree: {opcodes:?}"
+                );
+            }
+        }
+        for sql in writes {
+            conn.execute(sql, []).unwrap();
+        }
+        for bad in [
+            "UPDATE deliveries SET status = 'lost' WHERE id = 1",
+            "UPDATE messages SET status = 'lost' WHERE id = 1",
+            "UPDATE steps SET outcome = 'lost' WHERE message_id = 1",
+        ] {
+            let err = conn.execute(bad, []).unwrap_err();
+            assert!(
+                err.to_string().contains("CHECK constraint failed"),
+                "{bad}: {err}"
+            );
+        }
+        let check: String = conn
+            .query_row("PRAGMA integrity_check", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(check, "ok");
     }
 }

@@ -196,7 +196,7 @@ pub(crate) mod sql {
         " FROM messages m JOIN message_bodies b ON b.message_id = m.id
          WHERE m.sending_application = ?1 AND m.sending_facility = ?2
            AND m.control_id = ?3 AND m.received_at >= ?4
-         ORDER BY m.id DESC LIMIT 1"
+         ORDER BY m.received_at DESC, m.id DESC LIMIT 1"
     );
 
     pub(crate) const UNPROCESSED: &str = "SELECT m.id, m.received_at, m.listener, m.peer,
@@ -209,7 +209,7 @@ pub(crate) mod sql {
     pub(crate) const IN_FLIGHT: &str =
         "SELECT d.id, d.message_id, d.destination, m.control_id, d.attempts
          FROM deliveries d JOIN messages m ON m.id = d.message_id
-         WHERE d.status = 'in_flight' AND d.status IN ('queued', 'in_flight', 'error')
+         WHERE d.status = 'in_flight' AND d.status <> 'delivered'
          ORDER BY d.id";
 
     pub(crate) const STRICT_HEAD: &str = concat!(
@@ -268,7 +268,7 @@ pub(crate) mod sql {
     );
 
     pub(crate) const QUEUE_DEPTHS: &str = "SELECT status, destination, count(*) FROM deliveries
-         WHERE status IN ('queued', 'in_flight', 'error')
+         WHERE status <> 'delivered'
          GROUP BY status, destination";
 
     pub(crate) const PRUNE: &str = "DELETE FROM messages WHERE id IN (
@@ -596,7 +596,7 @@ pub(crate) fn recover_in_flight(conn: &Connection) -> OpResult<Vec<RecoveredDeli
     // The same transaction as the select, so exactly these rows change.
     conn.prepare_cached(
         "UPDATE deliveries SET status = 'queued', possible_duplicate = 1
-         WHERE status = 'in_flight' AND status IN ('queued', 'in_flight', 'error')",
+         WHERE status = 'in_flight' AND status <> 'delivered'",
     )?
     .execute([])?;
     Ok(recovered)
@@ -1098,7 +1098,7 @@ pub(crate) fn retry_errored(conn: &Connection, destination: Option<&str>) -> OpR
         .prepare_cached(
             "UPDATE deliveries
              SET status = 'queued', attempts = 0, next_attempt_at = NULL, finished_at = NULL
-             WHERE status = 'error' AND status IN ('queued', 'in_flight', 'error')
+             WHERE status = 'error' AND status <> 'delivered'
                AND (?1 IS NULL OR destination = ?1)",
         )?
         .execute(params![destination])?;

@@ -14,8 +14,35 @@ use super::StoreSettings;
 use super::convert::classify;
 use crate::error::StoreError;
 
+/// One migration step: its SQL, then what SQL alone cannot do.
+pub(crate) struct Migration {
+    sql: &'static str,
+    then: Option<fn(&Connection) -> rusqlite::Result<()>>,
+}
+
 /// The migration steps; step `i` takes the schema from version `i` to `i + 1`.
-pub(crate) const MIGRATIONS: &[&str] = &[V1, V2, V3, V4];
+pub(crate) const MIGRATIONS: &[Migration] = &[
+    Migration {
+        sql: V1,
+        then: None,
+    },
+    Migration {
+        sql: V2,
+        then: None,
+    },
+    Migration {
+        sql: V3,
+        then: None,
+    },
+    Migration {
+        sql: V4,
+        then: None,
+    },
+    Migration {
+        sql: V5,
+        then: Some(rewrite_checks),
+    },
+];
 
 /// The schema version this code writes.
 pub(crate) fn latest_version() -> i64 {
@@ -169,6 +196,67 @@ CREATE INDEX messages_control_id
     ON messages (control_id, sending_application, sending_facility, received_at);
 "#;
 
+/// Version 5: no temporary b-tree per row written.
+///
+/// SQLite evaluates an `IN` list of three or more constants through a temporary b-tree it
+/// builds for each statement run. The status and outcome CHECK constraints of `messages`,
+/// `steps` and `deliveries` were such lists, and so was version 4's partial index, so every
+/// row written there (every claim and outcome too) opened and filled one: about nine per
+/// message, 18 allocations each. The constraints become comparisons
+/// ([`CHECKS_AS_COMPARISONS`], applied by [`rewrite_checks`]) and the index's WHERE a single
+/// one. The index holds only unfinished and failed deliveries, so rebuilding it is cheap.
+const V5: &str = r#"
+DROP INDEX deliveries_unfinished;
+CREATE INDEX deliveries_unfinished
+    ON deliveries (status, destination) WHERE status <> 'delivered';
+"#;
+
+/// The CHECK constraints of version 1 rewritten by version 5 (old text, new text), each in
+/// the `CREATE TABLE` statement of its table. SQLite cannot alter a constraint, but allows
+/// changing its text through `writable_schema` when the new constraint accepts exactly the
+/// rows the old one did (<https://sqlite.org/lang_altertable.html#otheralter>), as these do.
+/// A table whose text does not contain the old constraint verbatim keeps it.
+const CHECKS_AS_COMPARISONS: &[(&str, &str, &str)] = &[
+    (
+        "messages",
+        "CHECK (status IN ('received', 'processed', 'filtered', 'unrouted', 'error'))",
+        "CHECK (status = 'received' OR status = 'processed' OR status = 'filtered'
+            OR status = 'unrouted' OR status = 'error')",
+    ),
+    (
+        "steps",
+        "CHECK (outcome IN ('kept', 'changed', 'dropped', 'error'))",
+        "CHECK (outcome = 'kept' OR outcome = 'changed' OR outcome = 'dropped'
+            OR outcome = 'error')",
+    ),
+    (
+        "deliveries",
+        "CHECK (status IN ('queued', 'in_flight', 'delivered', 'error'))",
+        "CHECK (status = 'queued' OR status = 'in_flight' OR status = 'delivered'
+            OR status = 'error')",
+    ),
+];
+
+/// Version 5's constraint rewrite ([`CHECKS_AS_COMPARISONS`]), inside the migration's
+/// transaction: the schema text changes, then the schema version moves on so that every
+/// connection, this one included, reads the schema again.
+fn rewrite_checks(conn: &Connection) -> rusqlite::Result<()> {
+    conn.pragma_update(None, "writable_schema", true)?;
+    let mut changed = 0;
+    for (table, old, new) in CHECKS_AS_COMPARISONS {
+        changed += conn.execute(
+            "UPDATE sqlite_schema SET sql = replace(sql, ?2, ?3)
+             WHERE type = 'table' AND name = ?1 AND instr(sql, ?2) > 0",
+            rusqlite::params![table, old, new],
+        )?;
+    }
+    if changed > 0 {
+        let version: i64 = conn.pragma_query_value(None, "schema_version", |r| r.get(0))?;
+        conn.pragma_update(None, "schema_version", version + 1)?;
+    }
+    conn.pragma_update(None, "writable_schema", false)
+}
+
 /// Settings for the writer connection, then the migrations.
 pub(crate) fn prepare_writer(
     conn: &mut Connection,
@@ -295,11 +383,19 @@ fn migrate(conn: &mut Connection, path: &Path) -> Result<(), StoreError> {
         .map_err(sql)?;
     // `found` is in 0..latest here, so it indexes MIGRATIONS.
     for (i, step) in MIGRATIONS.iter().enumerate().skip(found as usize) {
-        tx.execute_batch(step).map_err(sql)?;
+        tx.execute_batch(step.sql).map_err(sql)?;
+        if let Some(then) = step.then {
+            then(&tx).map_err(sql)?;
+        }
         tracing::info!(version = i + 1, "store schema migrated");
     }
     // user_version lives in the database header, so it commits (or not) with the steps.
     tx.pragma_update(None, "user_version", latest)
         .map_err(sql)?;
-    tx.commit().map_err(sql)
+    tx.commit().map_err(sql)?;
+    // A step that moved the schema version on (a rewritten constraint) left this connection's
+    // parsed schema stale until a statement checks the version: do that now, so that no
+    // statement is first compiled against the old schema and then prepared again.
+    conn.query_row("SELECT count(*) FROM sqlite_schema", [], |_| Ok(()))
+        .map_err(sql)
 }

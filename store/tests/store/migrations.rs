@@ -7,9 +7,62 @@ use rusqlite::Connection;
 
 use crate::common::*;
 
-/// Gives a store made by this code the indexes a version 3 store has (what version 4 changed),
-/// so that an upgrade from an older version can be tested on it.
-fn indexes_of_version_3(conn: &Connection) {
+/// Gives a store made by this code the constraints of versions 1 to 4 (`IN` lists, which
+/// version 5 rewrote).
+fn constraints_of_version_4(conn: &Connection) {
+    let version: i64 = conn
+        .pragma_query_value(None, "schema_version", |r| r.get(0))
+        .unwrap();
+    conn.pragma_update(None, "writable_schema", true).unwrap();
+    for (table, column, values) in [
+        (
+            "messages",
+            "status",
+            "'received', 'processed', 'filtered', 'unrouted', 'error'",
+        ),
+        ("steps", "outcome", "'kept', 'changed', 'dropped', 'error'"),
+        (
+            "deliveries",
+            "status",
+            "'queued', 'in_flight', 'delivered', 'error'",
+        ),
+    ] {
+        let sql: String = conn
+            .query_row(
+                "SELECT sql FROM sqlite_schema WHERE name = ?1",
+                [table],
+                |r| r.get(0),
+            )
+            .unwrap();
+        let start = sql.find("CHECK (").expect("a CHECK constraint");
+        let end = start + sql[start..].find("')").unwrap() + 2;
+        let old = sql.replace(&sql[start..end], &format!("CHECK ({column} IN ({values}))"));
+        conn.execute(
+            "UPDATE sqlite_schema SET sql = ?2 WHERE name = ?1",
+            [table, &old],
+        )
+        .unwrap();
+    }
+    conn.pragma_update(None, "schema_version", version + 1)
+        .unwrap();
+    conn.pragma_update(None, "writable_schema", false).unwrap();
+}
+
+/// Gives a store made by this code the schema of version 4.
+fn schema_of_version_4(conn: &Connection) {
+    constraints_of_version_4(conn);
+    conn.execute_batch(
+        "DROP INDEX deliveries_unfinished;
+         CREATE INDEX deliveries_unfinished ON deliveries (status, destination)
+             WHERE status IN ('queued', 'in_flight', 'error');",
+    )
+    .unwrap();
+}
+
+/// Gives a store made by this code the indexes and constraints a version 3 store has (what
+/// versions 4 and 5 changed), so that an upgrade from an older version can be tested on it.
+fn schema_of_version_3(conn: &Connection) {
+    constraints_of_version_4(conn);
     conn.execute_batch(
         "DROP INDEX deliveries_unfinished;
          DROP INDEX deliveries_message;
@@ -54,7 +107,7 @@ async fn fresh_store_gets_the_schema_and_settings() {
     store.journal(message("C1", "P")).await.unwrap();
     assert_eq!(store.path(), dir.path().join("courier.db"));
     drop(store);
-    assert_eq!(pragma(dir.path(), "user_version"), "4");
+    assert_eq!(pragma(dir.path(), "user_version"), "5");
     assert_eq!(pragma(dir.path(), "journal_mode"), "wal");
     assert_eq!(pragma(dir.path(), "auto_vacuum"), "2", "incremental");
 }
@@ -82,7 +135,7 @@ async fn reopening_an_up_to_date_store_changes_nothing() {
         assert_eq!(store.message(id).await.unwrap().unwrap().control_id, "C1");
     }
     assert_eq!(schema(dir.path()), before);
-    assert_eq!(pragma(dir.path(), "user_version"), "4");
+    assert_eq!(pragma(dir.path(), "user_version"), "5");
 }
 
 #[tokio::test]
@@ -100,7 +153,7 @@ async fn a_store_from_a_newer_courier_is_refused() {
     else {
         panic!("expected SchemaTooNew, got {err:?}")
     };
-    assert_eq!((*found, *supported), (7, 4));
+    assert_eq!((*found, *supported), (7, 5));
     assert!(
         err.to_string().contains("newer than this Courier supports"),
         "{err}"
@@ -109,7 +162,7 @@ async fn a_store_from_a_newer_courier_is_refused() {
     // And the refusal released the store's lock.
     Connection::open(dir.path().join("courier.db"))
         .unwrap()
-        .pragma_update(None, "user_version", 4)
+        .pragma_update(None, "user_version", 5)
         .unwrap();
     open(dir.path());
 }
@@ -123,7 +176,7 @@ async fn a_version_1_store_is_upgraded_in_place() {
     };
     // What a store written before the audit log looks like.
     let conn = Connection::open(dir.path().join("courier.db")).unwrap();
-    indexes_of_version_3(&conn);
+    schema_of_version_3(&conn);
     conn.execute_batch("DROP TABLE message_acks; DROP TABLE audit; PRAGMA user_version = 1;")
         .unwrap();
     drop(conn);
@@ -140,7 +193,7 @@ async fn a_version_1_store_is_upgraded_in_place() {
         .await
         .unwrap();
     drop(store);
-    assert_eq!(pragma(dir.path(), "user_version"), "4");
+    assert_eq!(pragma(dir.path(), "user_version"), "5");
 }
 
 #[tokio::test]
@@ -164,7 +217,7 @@ async fn a_version_2_store_is_upgraded_and_keeps_its_acks() {
         store.journal(message("C1", "P")).await.unwrap()
     };
     let conn = Connection::open(dir.path().join("courier.db")).unwrap();
-    indexes_of_version_3(&conn);
+    schema_of_version_3(&conn);
     conn.execute_batch(
         "DROP TABLE message_acks; PRAGMA user_version = 2;
          UPDATE message_bodies SET ack = X'4D53417C41417C4331';",
@@ -175,10 +228,10 @@ async fn a_version_2_store_is_upgraded_and_keeps_its_acks() {
     let detail = store.message(id).await.unwrap().unwrap();
     assert_eq!(detail.ack.as_deref(), Some(&b"MSA|AA|C1"[..]));
     drop(store);
-    assert_eq!(pragma(dir.path(), "user_version"), "4");
+    assert_eq!(pragma(dir.path(), "user_version"), "5");
 }
 
-/// A version 3 store gets version 4's indexes, and what it holds is found and claimed as
+/// A version 3 store gets the indexes and constraints of versions 4 and 5, and what it holds is found and claimed as
 /// before: queued, in-flight, dead-lettered and delivered deliveries, and a duplicate.
 #[tokio::test]
 async fn a_version_3_store_is_upgraded_and_its_queues_carry_on() {
@@ -203,12 +256,12 @@ async fn a_version_3_store_is_upgraded_and_its_queues_carry_on() {
         (delivered, dead, in_flight, queued)
     };
     let conn = Connection::open(dir.path().join("courier.db")).unwrap();
-    indexes_of_version_3(&conn);
+    schema_of_version_3(&conn);
     conn.pragma_update(None, "user_version", 3).unwrap();
     drop(conn);
 
     let store = open(dir.path());
-    assert_eq!(pragma(dir.path(), "user_version"), "4");
+    assert_eq!(pragma(dir.path(), "user_version"), "5");
     let names = index_names(dir.path());
     for gone in ["deliveries_status", "messages_duplicate"] {
         assert!(
@@ -265,4 +318,52 @@ async fn a_version_3_store_is_upgraded_and_its_queues_carry_on() {
         .unwrap()
         .expect("a duplicate");
     assert_eq!(dup.id, queued);
+}
+
+/// A version 4 store gets version 5's partial index and constraints; its dead letters and
+/// queue are still counted and found.
+#[tokio::test]
+async fn a_version_4_store_is_upgraded_to_comparisons() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let store = open(dir.path());
+        let (_, dead) = queue(&store, "emr", "P1", "one").await;
+        queue(&store, "emr", "P2", "two").await;
+        claim(&store, "emr", DeliveryOrder::SetAside, t(1)).await;
+        store.dead_letter(dead, "rejected", None).await.unwrap();
+    }
+    let conn = Connection::open(dir.path().join("courier.db")).unwrap();
+    schema_of_version_4(&conn);
+    conn.pragma_update(None, "user_version", 4).unwrap();
+    drop(conn);
+
+    let store = open(dir.path());
+    assert_eq!(pragma(dir.path(), "user_version"), "5");
+    let conn = Connection::open(dir.path().join("courier.db")).unwrap();
+    let index: String = conn
+        .query_row(
+            "SELECT sql FROM sqlite_schema WHERE name = 'deliveries_unfinished'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert!(index.contains("WHERE status <> 'delivered'"), "{index}");
+    let tables: String = conn
+        .query_row(
+            "SELECT group_concat(sql, ' ') FROM sqlite_schema WHERE type = 'table'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert!(!tables.contains(" IN ('"), "{tables}");
+    let depths = store.queue_depths().await.unwrap();
+    assert_eq!(
+        depths
+            .iter()
+            .map(|d| (d.destination.as_str(), d.queued, d.in_flight, d.errored))
+            .collect::<Vec<_>>(),
+        [("emr", 1, 0, 1)]
+    );
+    let next = claim(&store, "emr", DeliveryOrder::SetAside, t(2)).await;
+    assert_eq!(payload(&next), "two");
 }
