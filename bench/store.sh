@@ -91,10 +91,12 @@ PY
 echo "(writer: the store's writer thread; others: every other thread of the engine)"
 
 # Allocations per message, where perf can count calls to libc's malloc.
+# A probe this script adds is removed again at the end; one that was there is left.
 libc=$(ldd "$bin" | awk '/libc\.so/ { print $3 }')
+added=
 if command -v perf >/dev/null && [ -n "$libc" ] \
    && { perf probe -l 2>/dev/null | grep -q 'probe_libc:malloc' \
-        || perf probe -q -x "$libc" --add malloc >/dev/null 2>&1; }; then
+        || { perf probe -q -x "$libc" --add malloc >/dev/null 2>&1 && added=1; }; }; then
   count=3000
   perf stat -x, -e probe_libc:malloc -p "$engine" -o "$work/malloc.txt" &
   counter=$!
@@ -103,6 +105,7 @@ if command -v perf >/dev/null && [ -n "$libc" ] \
   sleep 2
   kill -INT "$counter"; wait "$counter" 2>/dev/null || true
   awk -F, -v n="$count" '/probe_libc:malloc/ { printf "malloc calls per message: %.0f (over %d messages)\n", $1 / n, n }' "$work/malloc.txt"
+  if [ -n "$added" ]; then perf probe -q -d probe_libc:malloc >/dev/null 2>&1 || true; fi
 else
   echo "malloc calls per message: skipped (needs perf and root for a probe on libc's malloc)"
 fi
