@@ -29,7 +29,7 @@ use courier_hl7::{
 };
 use courier_mllp::{Handler, ListenerSettings, PeerInfo};
 use courier_store::{
-    NewDelivery, NewMessage, Processing, ProcessingStatus, SqliteStore, StepRecord, Store,
+    NewDelivery, NewMessage, Payload, Processing, ProcessingStatus, SqliteStore, StepRecord, Store,
     StoreSettings,
 };
 use tokio::net::TcpListener;
@@ -889,7 +889,7 @@ impl Version {
                 msg
             };
             METRICS.routed(&route.name, RouteOutcome::Sent);
-            let payload = sent.encode();
+            let payload = crate::steps::payload_of(sent);
             for &d in &route.destinations {
                 let key = self.dests[d]
                     .order_key
@@ -915,7 +915,7 @@ struct Pipeline {
 struct Processed {
     /// One copy per (route, destination): route name, destination index in the version,
     /// bytes, order key.
-    copies: Vec<(Arc<str>, usize, Bytes, String)>,
+    copies: Vec<(Arc<str>, usize, Payload, String)>,
     /// Every step's result, in order.
     steps: Vec<StepRecord>,
     /// Routes that matched.
@@ -1610,7 +1610,7 @@ impl Intake {
                 continue;
             };
             let delivery = Delivery {
-                message: payload.clone(),
+                message: payload.to_bytes(),
                 control_id: control_id.clone(),
                 message_type: message_type.clone(),
                 route: route.clone(),

@@ -14,7 +14,7 @@ use courier_hl7::Message;
 use courier_plugin::script::{ScriptLimits, ScriptStep};
 use courier_plugin::wasm::{Grants, WasmLimits, WasmRuntime, WasmRuntimeConfig};
 use courier_plugin::{Outcome, Step, StepContext, Tables, redact};
-use courier_store::{StepOutcome, StepRecord};
+use courier_store::{Payload, StepOutcome, StepRecord};
 use tracing::warn;
 
 use sha2::{Digest, Sha256};
@@ -303,6 +303,18 @@ pub enum RouteResult {
     Failed(String),
 }
 
+/// What the store writes (and the destinations get) for `msg` as it is now: a large changed
+/// message as its pieces, so that it shares its unchanged runs with the message as received
+/// until the store has written it (the store writes a large blob piece by piece, through its
+/// pages).
+pub fn payload_of(msg: &Message) -> Payload {
+    if msg.is_modified() && msg.encoded_len() >= courier_hl7::LARGE_MESSAGE {
+        Payload::from_pieces(msg.pieces())
+    } else {
+        msg.encode().into()
+    }
+}
+
 /// Runs the steps of one route on a copy of `msg`, appending a record per step to `records`.
 pub fn run_route(
     steps: &Steps,
@@ -392,7 +404,7 @@ pub fn run_route_shared(
             shared.done.push((classes[k], k, state, first));
         }
     };
-    let mut last = copy.encode();
+    let mut last = payload_of(&copy);
     for (k, s) in route_steps.iter().enumerate().skip(done) {
         let ctx = StepContext {
             route: route.clone(),
@@ -419,7 +431,7 @@ pub fn run_route_shared(
         );
         match ran {
             Ok(Outcome::Keep) => {
-                let now = copy.encode();
+                let now = payload_of(&copy);
                 if now == last {
                     records.push(record(StepOutcome::Kept, None));
                 } else {

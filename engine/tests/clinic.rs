@@ -394,3 +394,95 @@ fn compile_plugin_child_compiles_refuses_and_reports() {
     assert_eq!(out.status.code(), Some(3));
     assert!(String::from_utf8_lossy(&out.stderr).contains("settings are numbers"));
 }
+
+/// `msg` with MSH-10 `from` replaced by `to` and `segment` added at its end.
+fn larger(msg: &[u8], from: &str, to: &str, segment: &str) -> Vec<u8> {
+    let mut text = String::from_utf8(msg.to_vec()).unwrap();
+    assert!(text.contains(from));
+    text = text.replacen(from, to, 1);
+    if !text.ends_with('\r') {
+        text.push('\r');
+    }
+    text.push_str(segment);
+    text.push('\r');
+    text.into_bytes()
+}
+
+/// Large messages (past the size from which changed versions share the received buffer)
+/// come out of each route as the same message would at a small size: the WASM plugins' and
+/// the Rhai script's changes, and the large segment byte for byte.
+#[test]
+fn large_messages_come_out_of_every_route_as_small_ones_do() {
+    build_plugins();
+    let tmp = tempfile::tempdir().unwrap();
+    let names = ["emr", "lis", "billing", "research"];
+    let dirs: Vec<_> = names.iter().map(|n| tmp.path().join(n)).collect();
+    let standins: Vec<_> = names
+        .iter()
+        .zip(&dirs)
+        .map(|(n, d)| standin(n, d, 0, &[]))
+        .collect();
+    let addrs = [0, 1, 2, 3].map(|i| standins[i].1);
+    let (_engine, addr) = start_engine(tmp.path(), &clinic_config(addrs), "clinic");
+
+    // A PDF report (base64) of 384 KiB in an OBX at the end of each message.
+    let pdf: String = (0..384 * 1024)
+        .map(|i| {
+            b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"[i * 7 % 64] as char
+        })
+        .collect();
+    let obx = format!("OBX|99|ED|PDF^Report^L||^AP^PDF^Base64^{pdf}||||||F");
+    let (adt, oru) = (example("adt_a04_sarah.hl7"), example("oru_r01_results.hl7"));
+    let (adt_id, big_adt_id) = ("REG20261124083012001", "REG20261124083012999");
+    let (oru_id, big_oru_id) = ("LIS20261124143022551", "LIS20261124143022999");
+    let big_adt = larger(&adt, adt_id, big_adt_id, &obx);
+    let big_oru = larger(&oru, oru_id, big_oru_id, &obx);
+    let mut client = Mllp::connect(addr);
+    for m in [&adt, &big_adt, &oru, &big_oru] {
+        let ack = client.request(m);
+        assert_eq!(
+            field(&ack, "MSA", 1),
+            "AA",
+            "{}",
+            String::from_utf8_lossy(&ack)
+        );
+    }
+
+    // Each large copy is its small counterpart with the large segment at its end.
+    let check = |dir: &std::path::Path, n: usize, pairs: &[(usize, usize, &str, &str)]| {
+        let got = wait_files(dir, n, Duration::from_secs(60));
+        for &(small, big, from, to) in pairs {
+            let expected = larger(&got[small], from, to, &obx);
+            assert!(
+                got[big] == expected,
+                "{}: copy {big} is not copy {small} with the large segment ({} bytes against {})",
+                dir.display(),
+                got[big].len(),
+                expected.len()
+            );
+        }
+        got
+    };
+    // The EMR: adt_emr.wasm then pv1_location.rhai; lab_codes.wasm.
+    let emr = check(
+        &dirs[0],
+        4,
+        &[(0, 1, adt_id, big_adt_id), (2, 3, oru_id, big_oru_id)],
+    );
+    assert_eq!(field(&emr[1], "MSH", 5), "RIVERSIDE_EMR");
+    assert!(field(&emr[1], "PV1", 3).starts_with("FAMILY-MED^"));
+    assert!(field(&emr[3], "OBX", 3).starts_with("6690-2^"));
+    // Billing: as received.
+    let billing = wait_files(&dirs[2], 2, Duration::from_secs(60));
+    assert!(
+        billing[1] == big_adt,
+        "billing's copy is not the message as sent"
+    );
+    // Research: test_filter.wasm then deidentify.wasm.
+    let research = check(
+        &dirs[3],
+        4,
+        &[(0, 1, adt_id, big_adt_id), (2, 3, oru_id, big_oru_id)],
+    );
+    assert_eq!(field(&research[1], "PID", 7), "1978");
+}

@@ -34,3 +34,8 @@ pub use message::{
     ParseOptions, SegmentRef,
 };
 pub use path::{Path, PathError};
+
+/// From this size on, a message is large: worth holding as [`Message::pieces`] and sharing
+/// with the version it came from ([`Message::share_unchanged`]) rather than in a buffer of its
+/// own. Below it, one buffer costs less than the bookkeeping.
+pub const LARGE_MESSAGE: usize = 64 * 1024;

@@ -804,6 +804,12 @@ impl WasmPlugin {
                     Ok((Ok(Wit::Keep(None)),)) => (Ok(Outcome::Keep), None),
                     Ok((Ok(Wit::Keep(Some(bytes))),)) => {
                         match Message::parse_with(bytes, msg.options()) {
+                            // A large message comes back whole even when the plugin changed a
+                            // few fields: what it did not change is taken from the input's
+                            // buffer, and the returned copy is freed with this call.
+                            Ok(out) if out.encoded_len() >= courier_hl7::LARGE_MESSAGE => {
+                                (Ok(Outcome::Keep), Some(out.share_unchanged(msg)))
+                            }
                             Ok(out) => (Ok(Outcome::Keep), Some(out)),
                             Err(e) => (
                                 Err(self.error(

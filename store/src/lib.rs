@@ -32,7 +32,7 @@ pub use store::Store;
 pub use types::{
     AuditEntry, Claim, ClaimedDelivery, DeliveryCounts, DeliveryDetail, DeliveryId, DeliveryOrder,
     DeliveryStatus, Duplicate, MessageDetail, MessageId, MessageStatus, MessageSummary,
-    NewDelivery, NewMessage, Processing, ProcessingStatus, QueueDepth, RecoveredDelivery, Search,
-    Settle, Settlement, StepDetail, StepOutcome, StepRecord, StoredMessage, TypeFilter,
+    NewDelivery, NewMessage, Payload, Processing, ProcessingStatus, QueueDepth, RecoveredDelivery,
+    Search, Settle, Settlement, StepDetail, StepOutcome, StepRecord, StoredMessage, TypeFilter,
     UnknownName,
 };

@@ -42,6 +42,166 @@ impl fmt::Debug for Len<'_> {
     }
 }
 
+/// A version of a message the store is to write: one buffer, or pieces written one after the
+/// other. A large message a step changed in a few fields is held as pieces: the runs it shares
+/// with the message as received are slices of that buffer, so each version does not cost a
+/// second message-sized buffer before it is written. Compared by content.
+#[derive(Clone, Default)]
+pub struct Payload(Repr);
+
+#[derive(Clone)]
+enum Repr {
+    Whole(Bytes),
+    Pieces {
+        pieces: std::sync::Arc<[Bytes]>,
+        len: usize,
+    },
+}
+
+impl Default for Repr {
+    fn default() -> Self {
+        Repr::Whole(Bytes::new())
+    }
+}
+
+impl Payload {
+    /// The pieces in order; empty ones are left out, and a single piece is held as it is.
+    pub fn from_pieces(pieces: Vec<Bytes>) -> Payload {
+        let mut pieces: Vec<Bytes> = pieces.into_iter().filter(|p| !p.is_empty()).collect();
+        match pieces.len() {
+            0 => Payload::default(),
+            1 => Payload(Repr::Whole(pieces.remove(0))),
+            _ => {
+                let len = pieces.iter().map(Bytes::len).sum();
+                Payload(Repr::Pieces {
+                    pieces: pieces.into(),
+                    len,
+                })
+            }
+        }
+    }
+
+    /// The length in bytes.
+    pub fn len(&self) -> usize {
+        match &self.0 {
+            Repr::Whole(b) => b.len(),
+            Repr::Pieces { len, .. } => *len,
+        }
+    }
+
+    /// Whether there are no bytes.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The pieces in order (one for a whole buffer), none of them empty.
+    pub fn pieces(&self) -> &[Bytes] {
+        match &self.0 {
+            Repr::Whole(b) if b.is_empty() => &[],
+            Repr::Whole(b) => std::slice::from_ref(b),
+            Repr::Pieces { pieces, .. } => pieces,
+        }
+    }
+
+    /// The bytes in one buffer: the buffer itself when there is one piece, else a copy.
+    pub fn to_bytes(&self) -> Bytes {
+        match &self.0 {
+            Repr::Whole(b) => b.clone(),
+            Repr::Pieces { pieces, len } => {
+                let mut out = Vec::with_capacity(*len);
+                for p in pieces.iter() {
+                    out.extend_from_slice(p);
+                }
+                Bytes::from(out)
+            }
+        }
+    }
+
+    /// Whether these are the bytes `other`.
+    pub fn eq_bytes(&self, other: &[u8]) -> bool {
+        if self.len() != other.len() {
+            return false;
+        }
+        let mut rest = other;
+        self.pieces().iter().all(|p| {
+            let (head, tail) = rest.split_at(p.len());
+            rest = tail;
+            head == &p[..]
+        })
+    }
+}
+
+impl PartialEq for Payload {
+    fn eq(&self, other: &Payload) -> bool {
+        if let (Repr::Pieces { pieces: a, .. }, Repr::Pieces { pieces: b, .. }) =
+            (&self.0, &other.0)
+            && std::sync::Arc::ptr_eq(a, b)
+        {
+            return true;
+        }
+        if self.len() != other.len() {
+            return false;
+        }
+        match (self.pieces(), other.pieces()) {
+            ([a], _) => other.eq_bytes(a),
+            (_, [b]) => self.eq_bytes(b),
+            (a, b) => {
+                // Walk both sequences of pieces at once.
+                let (mut a, mut b) = (a.iter().map(|p| &p[..]), b.iter().map(|p| &p[..]));
+                let (mut x, mut y): (&[u8], &[u8]) = (&[], &[]);
+                loop {
+                    if x.is_empty() {
+                        x = a.next().unwrap_or_default();
+                    }
+                    if y.is_empty() {
+                        y = b.next().unwrap_or_default();
+                    }
+                    if x.is_empty() || y.is_empty() {
+                        return x.is_empty() && y.is_empty();
+                    }
+                    let n = x.len().min(y.len());
+                    if x[..n] != y[..n] {
+                        return false;
+                    }
+                    (x, y) = (&x[n..], &y[n..]);
+                }
+            }
+        }
+    }
+}
+
+impl Eq for Payload {}
+
+impl From<Bytes> for Payload {
+    fn from(b: Bytes) -> Payload {
+        Payload(Repr::Whole(b))
+    }
+}
+
+impl From<Vec<u8>> for Payload {
+    fn from(v: Vec<u8>) -> Payload {
+        Payload(Repr::Whole(v.into()))
+    }
+}
+
+impl From<&'static [u8]> for Payload {
+    fn from(s: &'static [u8]) -> Payload {
+        Payload(Repr::Whole(Bytes::from_static(s)))
+    }
+}
+
+impl From<&'static str> for Payload {
+    fn from(s: &'static str) -> Payload {
+        Payload(Repr::Whole(Bytes::from_static(s.as_bytes())))
+    }
+}
+
+impl fmt::Debug for Payload {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "<{} bytes>", self.len())
+    }
+}
+
 /// Formats a patient field for `Debug` without its content.
 struct Redacted<'a>(&'a str);
 
@@ -226,7 +386,7 @@ pub enum StepOutcome {
     /// Passed the message on unchanged.
     Kept,
     /// Changed it; the bytes are its output.
-    Changed(Bytes),
+    Changed(Payload),
     /// Dropped it (a filter said no).
     Dropped,
     /// Failed (trap, deadline, script error).
@@ -248,7 +408,7 @@ impl StepOutcome {
 impl fmt::Debug for StepOutcome {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            StepOutcome::Changed(out) => f.debug_tuple("Changed").field(&Len(out)).finish(),
+            StepOutcome::Changed(out) => f.debug_tuple("Changed").field(out).finish(),
             other => f.write_str(match other {
                 StepOutcome::Kept => "Kept",
                 StepOutcome::Dropped => "Dropped",
@@ -266,7 +426,7 @@ pub struct NewDelivery {
     /// The destination's name from the config; each destination is one queue.
     pub destination: String,
     /// The bytes to send.
-    pub payload: Bytes,
+    pub payload: Payload,
     /// The key [`DeliveryOrder::ByKey`] orders by (e.g. the patient's PID-3.1); empty = no
     /// ordering constraint beyond its own.
     pub order_key: String,
@@ -277,7 +437,7 @@ impl fmt::Debug for NewDelivery {
         f.debug_struct("NewDelivery")
             .field("route", &self.route)
             .field("destination", &self.destination)
-            .field("payload", &Len(&self.payload))
+            .field("payload", &self.payload)
             .field("order_key", &Redacted(&self.order_key))
             .finish()
     }
@@ -787,6 +947,40 @@ mod tests {
     use super::*;
 
     #[test]
+    fn payloads_compare_by_content_however_split() {
+        let whole = Payload::from(Bytes::from_static(b"MSH|one\rPID|two\r"));
+        let split = |at: &[usize]| {
+            let bytes = whole.to_bytes();
+            let mut pieces = Vec::new();
+            let mut from = 0;
+            for &to in at.iter().chain([&bytes.len()]) {
+                pieces.push(bytes.slice(from..to));
+                from = to;
+            }
+            Payload::from_pieces(pieces)
+        };
+        for a in [&[][..], &[3], &[0, 3, 3, 8], &[1, 2, 3, 4, 5]] {
+            for b in [&[][..], &[7], &[2, 9, 16]] {
+                assert_eq!(split(a), split(b), "{a:?} against {b:?}");
+            }
+            assert_eq!(split(a), whole);
+            assert_eq!(split(a).to_bytes(), whole.to_bytes());
+            assert_eq!(split(a).len(), whole.len());
+            assert!(split(a).pieces().iter().all(|p| !p.is_empty()));
+        }
+        let other = Payload::from_pieces(vec![
+            Bytes::from_static(b"MSH|one\r"),
+            Bytes::from_static(b"PID|tw0\r"),
+        ]);
+        assert_ne!(other, whole);
+        assert_ne!(split(&[3]), other);
+        assert!(!other.eq_bytes(b"MSH|one\rPID|two\r"));
+        assert!(!whole.eq_bytes(b"MSH|one\rPID|two"));
+        assert!(Payload::from_pieces(vec![Bytes::new(), Bytes::new()]).is_empty());
+        assert_eq!(format!("{:?}", split(&[4])), "<16 bytes>");
+    }
+
+    #[test]
     fn statuses_round_trip_through_their_words() {
         for s in MessageStatus::ALL {
             assert_eq!(s.as_str().parse::<MessageStatus>(), Ok(s));
@@ -824,7 +1018,7 @@ mod tests {
             shown.contains("CTRL1") && shown.contains("bytes>"),
             "{shown}"
         );
-        let out = format!("{:?}", StepOutcome::Changed(m.raw.clone()));
+        let out = format!("{:?}", StepOutcome::Changed(m.raw.clone().into()));
         assert!(!out.contains("MSH|"), "{out}");
     }
 }

@@ -47,7 +47,7 @@ async fn secondary_opens_beside_the_primary_and_its_writes_are_seen() {
                 deliveries: vec![NewDelivery {
                     route: "r".into(),
                     destination: "emr".into(),
-                    payload: Bytes::from_static(b"x"),
+                    payload: Bytes::from_static(b"x").into(),
                     order_key: String::new(),
                 }],
             },

@@ -480,7 +480,7 @@ fn detail(m: &MessageDetail) -> Value {
             "content_hash": s.content_hash,
             "outcome": s.outcome.as_str(),
             "output": match &s.outcome {
-                courier_store::StepOutcome::Changed(out) => Some(text(out)),
+                courier_store::StepOutcome::Changed(out) => Some(text(&out.to_bytes())),
                 _ => None,
             },
             "reason": s.reason,

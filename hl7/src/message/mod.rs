@@ -394,6 +394,103 @@ impl Message {
         Bytes::from(out)
     }
 
+    /// The length of [`Message::encode`]'s bytes, without making them.
+    pub fn encoded_len(&self) -> usize {
+        if !self.modified {
+            return self.source.len();
+        }
+        (0..self.segs.len())
+            .map(|i| self.seg_parts(i).map_or(0, |p| p.0.len()) + self.term_bytes(i).len())
+            .sum()
+    }
+
+    /// [`Message::encode`]'s bytes as pieces to be read one after the other, without making
+    /// them: each run of segments (with their terminators) still in the original buffer is one
+    /// slice of it (a cheap clone of the same allocation); what edits wrote in between is one
+    /// piece of new bytes. A large message with a few fields changed is then held, stored and
+    /// compared without a second message-sized buffer.
+    pub fn pieces(&self) -> Vec<Bytes> {
+        if !self.modified {
+            return vec![self.source.clone()];
+        }
+        let mut out = Pieces {
+            source: &self.source,
+            pieces: Vec::new(),
+            run: None,
+            new: Vec::new(),
+        };
+        for seg in &self.segs {
+            match &seg.body {
+                Body::Source { start, end, .. } => out.kept(*start, *end),
+                Body::Owned(o) => out.written(&o.bytes),
+            }
+            match seg.term {
+                Term::Source { start, end } => out.kept(start, end),
+                Term::Cr => out.written(b"\r"),
+            }
+        }
+        out.finish()
+    }
+
+    /// This message (typically what a plugin returned for `base`) with every segment that is,
+    /// byte for byte, one of `base`'s segments still in `base`'s buffer taken from that buffer
+    /// instead of its own; the other segments are copied out. It encodes to the same bytes.
+    /// Once this message's own buffer is dropped, a large message of which a step changed a
+    /// few fields costs those fields, not a second copy of the message.
+    ///
+    /// Segments are matched in order (a removed segment is skipped over, an added one copied).
+    /// When the two messages differ in delimiters or character set, or a terminator cannot be
+    /// expressed, the message is returned as it is.
+    pub fn share_unchanged(self, base: &Message) -> Message {
+        /// How far ahead in `base` a segment is looked for (segments removed in between).
+        const AHEAD: usize = 16;
+        if self.delims != base.delims || self.charset != base.charset {
+            return self;
+        }
+        let mut segs = Vec::with_capacity(self.segs.len());
+        let mut next = 0;
+        for i in 0..self.segs.len() {
+            let Some((bytes, seps)) = self.seg_parts(i) else {
+                return self;
+            };
+            let term = self.term_bytes(i);
+            let found = (next..base.segs.len().min(next + AHEAD)).find(|&k| {
+                matches!(base.segs[k].body, Body::Source { .. })
+                    && base.seg_parts(k).is_some_and(|(b, _)| b == bytes)
+            });
+            let (body, base_term) = match found {
+                Some(k) => {
+                    next = k + 1;
+                    (base.segs[k].body.clone(), Some(k))
+                }
+                None => (
+                    Body::Owned(Box::new(OwnedSeg {
+                        bytes: bytes.to_vec(),
+                        seps: seps.to_vec(),
+                    })),
+                    None,
+                ),
+            };
+            let term = match (term, base_term) {
+                (t, Some(k)) if t == base.term_bytes(k) => base.segs[k].term,
+                (b"\r", _) => Term::Cr,
+                // A last segment without terminator.
+                (b"", _) => Term::Source { start: 0, end: 0 },
+                _ => return self,
+            };
+            segs.push(Seg { body, term });
+        }
+        Message {
+            source: base.source.clone(),
+            delims: self.delims,
+            charset: self.charset,
+            options: self.options,
+            segs,
+            seps: base.seps.clone(),
+            modified: true,
+        }
+    }
+
     /// Whether any edit has been made since parsing.
     pub fn is_modified(&self) -> bool {
         self.modified
@@ -481,6 +578,55 @@ impl Message {
             Some(Term::Cr) => b"\r",
             None => &[],
         }
+    }
+}
+
+/// Gathers [`Message::pieces`]: runs of the original buffer, and new bytes in between.
+struct Pieces<'a> {
+    source: &'a Bytes,
+    pieces: Vec<Bytes>,
+    /// The run of the original buffer being extended.
+    run: Option<(usize, usize)>,
+    /// New bytes being gathered.
+    new: Vec<u8>,
+}
+
+impl Pieces<'_> {
+    /// `source[start..end]` comes next: extends the run, or starts one.
+    fn kept(&mut self, start: u32, end: u32) {
+        let (start, end) = (start as usize, end as usize);
+        if start == end {
+            return;
+        }
+        if !self.new.is_empty() {
+            self.pieces.push(Bytes::from(std::mem::take(&mut self.new)));
+        }
+        match &mut self.run {
+            Some((_, e)) if *e == start => *e = end,
+            run => {
+                if let Some((s, e)) = run.replace((start, end)) {
+                    self.pieces.push(self.source.slice(s..e));
+                }
+            }
+        }
+    }
+
+    /// New bytes come next.
+    fn written(&mut self, bytes: &[u8]) {
+        if let Some((s, e)) = self.run.take() {
+            self.pieces.push(self.source.slice(s..e));
+        }
+        self.new.extend_from_slice(bytes);
+    }
+
+    fn finish(mut self) -> Vec<Bytes> {
+        if let Some((s, e)) = self.run.take() {
+            self.pieces.push(self.source.slice(s..e));
+        }
+        if !self.new.is_empty() {
+            self.pieces.push(Bytes::from(self.new));
+        }
+        self.pieces
     }
 }
 

@@ -1219,3 +1219,162 @@ fn a_large_message_with_few_segments_keeps_a_small_index() {
     assert_eq!(m.segment_count(), 5001);
     assert_eq!(get(&m, "OBX[5000]-5").as_deref(), Some("5000"));
 }
+
+/// The pieces read one after the other.
+fn joined(pieces: &[Bytes]) -> Vec<u8> {
+    pieces.iter().flat_map(|p| p.iter().copied()).collect()
+}
+
+/// Whether `piece` lies inside `buf`'s allocation (a slice of it, not a copy).
+fn points_into(piece: &Bytes, buf: &Bytes) -> bool {
+    let (p, b) = (piece.as_ptr() as usize, buf.as_ptr() as usize);
+    p >= b && p + piece.len() <= b + buf.len()
+}
+
+/// Edits of every kind, each on its own copy of `text`: what they do to a message.
+fn edited(text: &str, opts: &ParseOptions) -> Vec<(&'static str, Message)> {
+    let base = Message::parse_with(text.as_bytes().to_vec(), opts).unwrap();
+    let mut out = Vec::new();
+    let mut m = base.clone();
+    m.set(&p("PID-3.1"), "a much longer identifier than before")
+        .unwrap();
+    out.push(("set a field", m));
+    let mut m = base.clone();
+    m.delete(&p("PID-5")).unwrap();
+    out.push(("delete a field", m));
+    let mut m = base.clone();
+    m.remove_segment(2).unwrap();
+    out.push(("remove a segment", m));
+    let mut m = base.clone();
+    m.insert_segment(1, "ZZZ|inserted").unwrap();
+    out.push(("insert a segment", m));
+    let mut m = base.clone();
+    m.append_segment("ZZZ|appended").unwrap();
+    out.push(("append a segment", m));
+    let mut m = base.clone();
+    m.set(&p("MSH-5"), "OTHER").unwrap();
+    m.set(&p("OBX[2]-5"), "changed").unwrap();
+    m.remove_segment(1).unwrap();
+    out.push(("several", m));
+    out
+}
+
+const PIECES_TEXT: &[(&str, &str)] = &[
+    (
+        "\\r",
+        "MSH|^~\\&|A|B|C|D|20260101||ORU^R01|1|P|2.5.1\rPID|1||100^^^H^MR||Doe^Jane\rOBR|1\rOBX|1|TX|A||one\rOBX|2|TX|B||two\rNTE|1||end\r",
+    ),
+    (
+        "\\r\\n, blank lines, no last terminator",
+        "MSH|^~\\&|A|B|C|D|20260101||ORU^R01|1|P|2.5.1\r\nPID|1||100^^^H^MR||Doe^Jane\r\n\r\nOBR|1\r\nOBX|1|TX|A||one\r\nOBX|2|TX|B||two\r\nNTE|1||end",
+    ),
+];
+
+#[test]
+fn pieces_read_as_the_encoded_message() {
+    let opts = ParseOptions::lenient();
+    for (name, text) in PIECES_TEXT {
+        let base = Message::parse_with(text.as_bytes().to_vec(), &opts).unwrap();
+        assert_eq!(joined(&base.pieces()), text.as_bytes(), "{name}: unchanged");
+        assert_eq!(
+            base.pieces().len(),
+            1,
+            "{name}: unchanged is the buffer itself"
+        );
+        for (edit, m) in edited(text, &opts) {
+            let encoded = m.encode();
+            assert_eq!(joined(&m.pieces()), &encoded[..], "{name}: {edit}");
+            assert_eq!(m.encoded_len(), encoded.len(), "{name}: {edit}");
+            assert!(
+                m.pieces().iter().all(|p| !p.is_empty()),
+                "{name}: {edit}: an empty piece"
+            );
+        }
+    }
+}
+
+#[test]
+fn pieces_of_a_large_message_share_its_buffer() {
+    let big = "A".repeat(1 << 20);
+    let text = format!("{MSH}\rPID|1||100^^^H^MR||Doe^Jane\rOBX|1|ED|PDF||{big}\rNTE|1||x\r");
+    let mut m = Message::parse(text.into_bytes()).unwrap();
+    let source = m.encode();
+    m.set(&p("PID-5"), "Roe").unwrap();
+    let pieces = m.pieces();
+    // MSH with its terminator; the new PID; its terminator, OBX and NTE in one run.
+    assert_eq!(pieces.len(), 3);
+    assert!(points_into(&pieces[0], &source) && points_into(&pieces[2], &source));
+    assert!(!points_into(&pieces[1], &source));
+    assert_eq!(&pieces[1][..], b"PID|1||100^^^H^MR||Roe");
+    assert_eq!(joined(&pieces), &m.encode()[..]);
+}
+
+#[test]
+fn share_unchanged_takes_unchanged_segments_from_the_base() {
+    let opts = ParseOptions::lenient();
+    for (name, text) in PIECES_TEXT {
+        let base = Message::parse_with(text.as_bytes().to_vec(), &opts).unwrap();
+        for (edit, m) in edited(text, &opts) {
+            // What a plugin returns: the edited message as new bytes of its own.
+            let returned = m.encode();
+            let own = Message::parse_with(returned.to_vec(), &opts).unwrap();
+            let shared = own.share_unchanged(&base);
+            assert_eq!(shared.encode(), returned, "{name}: {edit}");
+            assert_eq!(joined(&shared.pieces()), &returned[..], "{name}: {edit}");
+            // Reads and edits go on working on the shared message.
+            assert_eq!(get(&shared, "MSH-9"), get(&m, "MSH-9"), "{name}: {edit}");
+            assert_eq!(
+                get(&shared, "PID-3.1"),
+                get(&m, "PID-3.1"),
+                "{name}: {edit}"
+            );
+            let mut again = shared.clone();
+            again.set(&p("NTE-3"), "later").unwrap();
+            let mut direct = m.clone();
+            direct.set(&p("NTE-3"), "later").unwrap();
+            assert_eq!(
+                again.encode(),
+                direct.encode(),
+                "{name}: {edit}: a later edit"
+            );
+        }
+    }
+}
+
+#[test]
+fn share_unchanged_drops_the_plugins_copy_of_a_large_message() {
+    let big = "B".repeat(1 << 20);
+    let text = format!("{MSH}\rPID|1||100^^^H^MR||Doe^Jane\rNK1|1|Doe^John\rOBX|1|ED|PDF||{big}\r");
+    let base = Message::parse(text.into_bytes()).unwrap();
+    let mut m = base.clone();
+    m.set(&p("PID-3.1"), "0123456789abcdef0123456789abcdef")
+        .unwrap();
+    m.remove_segment(2).unwrap();
+    let own = Message::parse(m.encode().to_vec()).unwrap();
+    let shared = own.share_unchanged(&base);
+    let pieces = shared.pieces();
+    let base_bytes = base.encode();
+    // The 1 MiB OBX comes from the base's buffer; only the new PID is the shared message's own.
+    let own_bytes: usize = pieces
+        .iter()
+        .filter(|p| !points_into(p, &base_bytes))
+        .map(Bytes::len)
+        .sum();
+    assert!(own_bytes < 100, "{own_bytes} bytes not shared");
+    assert_eq!(shared.encode(), m.encode());
+}
+
+#[test]
+fn share_unchanged_keeps_a_message_with_other_delimiters() {
+    let base = msg("PID|1||100");
+    let other = Message::parse(
+        "MSH#^~\\&#SND#FAC#RCV#RFAC#20260101120000##ADT^A04^ADT_A01#CTRL1#P#2.5.1\rPID#1##100\r"
+            .as_bytes()
+            .to_vec(),
+    )
+    .unwrap();
+    let before = other.encode();
+    let shared = other.share_unchanged(&base);
+    assert_eq!(shared.encode(), before);
+    assert!(!shared.is_modified());
+}

@@ -79,32 +79,47 @@ macro_rules! payload_source {
 /// of the engine's peak memory, for one write.
 const LARGE_BLOB: usize = 64 * 1024;
 
-/// A blob parameter: the bytes themselves when small, a zeroblob of their length when large
-/// (then filled by [`fill_large`] once the row exists).
-struct BlobParam<'a>(&'a [u8]);
+/// A blob parameter (its pieces in order): the bytes themselves when small, a zeroblob of
+/// their length when large (then filled by [`fill_large`] once the row exists).
+struct BlobParam<'a>(&'a [Bytes]);
+
+impl BlobParam<'_> {
+    fn len(&self) -> usize {
+        self.0.iter().map(Bytes::len).sum()
+    }
+}
 
 impl rusqlite::ToSql for BlobParam<'_> {
     fn to_sql(&self) -> rusqlite::Result<rusqlite::types::ToSqlOutput<'_>> {
         use rusqlite::types::{ToSqlOutput, ValueRef};
-        if self.0.len() < LARGE_BLOB {
-            return Ok(ToSqlOutput::Borrowed(ValueRef::Blob(self.0)));
+        let len = self.len();
+        if len >= LARGE_BLOB {
+            return Ok(ToSqlOutput::ZeroBlob(len as u64));
         }
-        Ok(ToSqlOutput::ZeroBlob(self.0.len() as u64))
+        Ok(match self.0 {
+            [] => ToSqlOutput::Borrowed(ValueRef::Blob(&[])),
+            [one] => ToSqlOutput::Borrowed(ValueRef::Blob(one)),
+            pieces => ToSqlOutput::Owned(Value::Blob(pieces.concat())),
+        })
     }
 }
 
-/// Writes a large blob into the zeroblob [`BlobParam`] left in `table.column` of row `rowid`;
-/// nothing to do for a small one.
+/// Writes a large blob (its pieces in order) into the zeroblob [`BlobParam`] left in
+/// `table.column` of row `rowid`; nothing to do for a small one.
 fn fill_large(
     conn: &Connection,
     table: &'static str,
     column: &'static str,
     rowid: i64,
-    bytes: &[u8],
+    pieces: &[Bytes],
 ) -> OpResult<()> {
-    if bytes.len() >= LARGE_BLOB {
-        conn.blob_open(rusqlite::MAIN_DB, table, column, rowid, false)?
-            .write_at(bytes, 0)?;
+    if BlobParam(pieces).len() >= LARGE_BLOB {
+        let mut blob = conn.blob_open(rusqlite::MAIN_DB, table, column, rowid, false)?;
+        let mut at = 0;
+        for p in pieces {
+            blob.write_at(p, at)?;
+            at += p.len();
+        }
         LARGE_WRITTEN.set(true);
     }
     Ok(())
@@ -339,8 +354,18 @@ fn journal_as(
         (m.ack.as_deref(), None)
     };
     conn.prepare_cached("INSERT INTO message_bodies (message_id, raw, ack) VALUES (?1, ?2, ?3)")?
-        .execute(params![id, BlobParam(&m.raw), ack_beside])?;
-    fill_large(conn, "message_bodies", "raw", id, &m.raw)?;
+        .execute(params![
+            id,
+            BlobParam(std::slice::from_ref(&m.raw)),
+            ack_beside
+        ])?;
+    fill_large(
+        conn,
+        "message_bodies",
+        "raw",
+        id,
+        std::slice::from_ref(&m.raw),
+    )?;
     if let Some(ack) = ack_apart {
         conn.prepare_cached("INSERT INTO message_acks (message_id, ack) VALUES (?1, ?2)")?
             .execute(params![id, ack])?;
@@ -402,7 +427,7 @@ fn record_processing(
     )?;
     for (i, s) in p.steps.iter().enumerate() {
         let output = match &s.outcome {
-            StepOutcome::Changed(out) => Some(&out[..]),
+            StepOutcome::Changed(out) => Some(out.pieces()),
             _ => None,
         };
         insert_step.execute(params![
@@ -445,15 +470,21 @@ fn record_processing(
         let delivery =
             insert_delivery(conn, id, &d.route, &d.destination, &d.order_key, now, None)?;
         let last_change = p.steps.iter().rev().find_map(|s| match &s.outcome {
-            StepOutcome::Changed(out) if s.route == d.route => Some(&out[..]),
+            StepOutcome::Changed(out) if s.route == d.route => Some(out),
             _ => None,
         });
-        if last_change.or(raw) != Some(&d.payload[..]) {
+        let kept = match (last_change, raw) {
+            (Some(out), _) => *out == d.payload,
+            (None, Some(raw)) => d.payload.eq_bytes(raw),
+            (None, None) => false,
+        };
+        if !kept {
+            let pieces = d.payload.pieces();
             conn.prepare_cached(
                 "INSERT INTO delivery_payloads (delivery_id, payload) VALUES (?1, ?2)",
             )?
-            .execute(params![delivery.0, BlobParam(&d.payload)])?;
-            fill_large(conn, "delivery_payloads", "payload", delivery.0, &d.payload)?;
+            .execute(params![delivery.0, BlobParam(pieces)])?;
+            fill_large(conn, "delivery_payloads", "payload", delivery.0, pieces)?;
         }
         ids.push(delivery);
     }

@@ -286,7 +286,7 @@ async fn large_payloads_round_trip_from_each_place_they_are_kept() {
     let to = |route: &str, destination: &str, payload: &Bytes| NewDelivery {
         route: route.into(),
         destination: destination.into(),
-        payload: payload.clone(),
+        payload: payload.clone().into(),
         order_key: String::new(),
     };
     let (id, _) = store
@@ -300,7 +300,7 @@ async fn large_payloads_round_trip_from_each_place_they_are_kept() {
                     step: "map".into(),
                     kind: "wasm-transform".into(),
                     content_hash: "h".into(),
-                    outcome: StepOutcome::Changed(stepped.clone()),
+                    outcome: StepOutcome::Changed(stepped.clone().into()),
                     reason: None,
                 }],
                 deliveries: vec![

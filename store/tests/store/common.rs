@@ -50,7 +50,7 @@ pub fn delivery(destination: &str, order_key: &str, payload: &str) -> NewDeliver
     NewDelivery {
         route: "adt-route".into(),
         destination: destination.into(),
-        payload: Bytes::from(payload.to_owned()),
+        payload: Bytes::from(payload.to_owned()).into(),
         order_key: order_key.into(),
     }
 }

@@ -37,7 +37,7 @@ async fn journal_process_claim_deliver_round_trip() {
                 step: "map-ids".into(),
                 kind: "wasm-transform".into(),
                 content_hash: "sha256:bbbb".into(),
-                outcome: StepOutcome::Changed(Bytes::from_static(b"MSH|changed")),
+                outcome: StepOutcome::Changed(Bytes::from_static(b"MSH|changed").into()),
                 reason: None,
             },
         ],
@@ -103,7 +103,7 @@ async fn journal_process_claim_deliver_round_trip() {
     assert_eq!(detail.steps[1].content_hash, "sha256:bbbb");
     assert_eq!(
         detail.steps[1].outcome,
-        StepOutcome::Changed(Bytes::from_static(b"MSH|changed"))
+        StepOutcome::Changed(Bytes::from_static(b"MSH|changed").into())
     );
     let [lab_d, emr_d] = &detail.deliveries[..] else {
         panic!("two deliveries: {:?}", detail.deliveries)
@@ -551,7 +551,7 @@ async fn pass_through_deliveries_share_the_message_body() {
     let m = message("C1", "P1");
     let raw = m.raw.clone();
     let as_received = |dest: &str| courier_store::NewDelivery {
-        payload: raw.clone(),
+        payload: raw.clone().into(),
         ..delivery(dest, "P1", "")
     };
     // In one commit with the message, and (below) processed after journaling.
@@ -571,7 +571,7 @@ async fn pass_through_deliveries_share_the_message_body() {
         .complete_processing(
             later,
             processed(vec![courier_store::NewDelivery {
-                payload: raw2.clone(),
+                payload: raw2.clone().into(),
                 ..delivery("billing", "P2", "")
             }]),
         )
@@ -585,7 +585,7 @@ async fn pass_through_deliveries_share_the_message_body() {
         step: "map".into(),
         kind: "wasm-transform".into(),
         content_hash: "sha256:cccc".into(),
-        outcome: StepOutcome::Changed(Bytes::from_static(out.as_bytes())),
+        outcome: StepOutcome::Changed(Bytes::from_static(out.as_bytes()).into()),
         reason: None,
     };
     let other_route = courier_store::StepRecord {
@@ -629,4 +629,87 @@ async fn pass_through_deliveries_share_the_message_body() {
     assert_eq!(payload(&lab), "by-the-step");
     let detail = store.message(mapped).await.unwrap().unwrap();
     assert_eq!(&detail.deliveries[0].payload[..], b"by-the-step");
+}
+
+/// Payloads held as pieces (a large changed message sharing the received buffer) are written
+/// as their bytes one after the other, large and small alike, and compared with a step's
+/// output by content, however each is split.
+#[tokio::test]
+async fn payloads_in_pieces_are_written_whole() {
+    use courier_store::Payload;
+    let dir = tempfile::tempdir().unwrap();
+    let sqlite = open(dir.path());
+    let db = sqlite.path().to_owned();
+    let store: std::sync::Arc<dyn courier_store::Store> = std::sync::Arc::new(sqlite);
+
+    // A 200 KiB "message" and a version of it with a few bytes changed in the middle, as
+    // pieces: a slice before, the new bytes, a slice after.
+    let body: Vec<u8> = (0..200 * 1024).map(|i| b'A' + (i % 26) as u8).collect();
+    let raw = Bytes::from(body);
+    let changed = Payload::from_pieces(vec![
+        raw.slice(..1000),
+        Bytes::from_static(b"CHANGED"),
+        raw.slice(1007..),
+    ]);
+    let mut expected = raw.to_vec();
+    expected[1000..1007].copy_from_slice(b"CHANGED");
+    // The same bytes split elsewhere, as the delivery's payload.
+    let resplit = Payload::from_pieces(vec![
+        Bytes::copy_from_slice(&expected[..5]),
+        Bytes::copy_from_slice(&expected[5..]),
+    ]);
+    assert_eq!(changed, resplit);
+    assert!(changed.eq_bytes(&expected));
+    let small = Payload::from_pieces(vec![
+        Bytes::from_static(b"MSH|^~\\&|"),
+        Bytes::new(),
+        Bytes::from_static(b"small"),
+        Bytes::from_static(b"\r"),
+    ]);
+    let large_other = Payload::from_pieces(vec![raw.slice(..70_000), Bytes::from_static(b"!")]);
+
+    let id = store.journal(message("C1", "P1")).await.unwrap();
+    let step = courier_store::StepRecord {
+        route: "adt-route".into(),
+        step: "map".into(),
+        kind: "wasm-transform".into(),
+        content_hash: "sha256:cccc".into(),
+        outcome: StepOutcome::Changed(changed.clone()),
+        reason: None,
+    };
+    let with = |dest: &str, payload: Payload| courier_store::NewDelivery {
+        payload,
+        ..delivery(dest, "P1", "")
+    };
+    store
+        .complete_processing(
+            id,
+            Processing {
+                steps: vec![step],
+                ..processed(vec![
+                    with("emr", resplit),
+                    with("lab", small),
+                    with("research", large_other.clone()),
+                ])
+            },
+        )
+        .await
+        .unwrap();
+
+    let rows: i64 = rusqlite::Connection::open(&db)
+        .unwrap()
+        .query_row("SELECT count(*) FROM delivery_payloads", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(rows, 2, "the step's output is not written twice");
+    let emr = claim(&*store, "emr", DeliveryOrder::Strict, t(1)).await;
+    assert!(emr.payload[..] == expected[..], "the step's output, whole");
+    let lab = claim(&*store, "lab", DeliveryOrder::Strict, t(1)).await;
+    assert_eq!(payload(&lab), "MSH|^~\\&|small\r");
+    let research = claim(&*store, "research", DeliveryOrder::Strict, t(1)).await;
+    assert!(research.payload == large_other.to_bytes());
+    let detail = store.message(id).await.unwrap().unwrap();
+    match &detail.steps[0].outcome {
+        StepOutcome::Changed(out) => assert!(out.eq_bytes(&expected)),
+        other => panic!("{other:?}"),
+    }
 }
