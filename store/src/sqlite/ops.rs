@@ -189,11 +189,19 @@ fn read_payload(
         return Ok(bytes);
     }
     let mut buf = vec![0; usize::try_from(len).unwrap_or_default()];
-    conn.blob_open(rusqlite::MAIN_DB, table, column, rowid, true)?
-        .read_at_exact(&mut buf, 0)?;
-    release_cache(conn);
+    let blob = conn.blob_open(rusqlite::MAIN_DB, table, column, rowid, true)?;
+    // Read in chunks, handing the chunk's pages back to SQLite's allocator after each:
+    // read at once, a 1 MiB body filled the page cache with 1 MiB of pages no one will read
+    // again, beside the buffer it was read into (0.7-0.9 MiB of the engine's peak per claim).
+    for (i, chunk) in buf.chunks_mut(READ_CHUNK).enumerate() {
+        blob.read_at_exact(chunk, i * READ_CHUNK)?;
+        release_cache(conn);
+    }
     Ok(buf)
 }
+
+/// How much of a large blob [`read_payload`] reads between two releases of the page cache.
+const READ_CHUNK: usize = 128 * 1024;
 
 /// The ACK sent for message `m` (body `b`): beside the body, or for a large body (schema
 /// version 3) in its own row.
