@@ -230,6 +230,24 @@ impl MllpClient {
         outcome
     }
 
+    /// [`MllpClient::request`] with the payload given rather than lent: it is dropped once
+    /// written, so a large message is not held while the reply is awaited.
+    ///
+    /// # Errors
+    ///
+    /// As [`MllpClient::request`].
+    pub async fn request_owned(
+        &mut self,
+        payload: Bytes,
+        reply_timeout: Duration,
+    ) -> Result<Bytes, ClientError> {
+        let outcome = self.try_request(payload, reply_timeout).await;
+        if outcome.is_err() {
+            self.connection = None;
+        }
+        outcome
+    }
+
     /// Writes `payload` as one frame without waiting for a reply (for peers that send
     /// none). Connects first if needed. Frames the peer sends anyway are read and dropped
     /// before each write, so they cannot pile up.
@@ -247,7 +265,7 @@ impl MllpClient {
 
     async fn try_request(
         &mut self,
-        payload: &[u8],
+        payload: impl AsRef<[u8]>,
         reply_timeout: Duration,
     ) -> Result<Bytes, ClientError> {
         if let Waiting::Frames(count) = self.check_kept_connection() {
@@ -266,9 +284,10 @@ impl MllpClient {
             connection,
         } = self;
         let framed = connect(connection, addr, settings).await?;
-        write(framed, payload, settings.write_timeout)
+        write(framed, payload.as_ref(), settings.write_timeout)
             .await
             .map_err(|e| e.into_client_error(addr))?;
+        drop(payload);
         match tokio::time::timeout(reply_timeout, framed.next()).await {
             Err(_elapsed) => Err(ClientError::ReplyTimeout {
                 addr: addr.clone(),

@@ -83,7 +83,7 @@ impl Transport {
     ) -> Attempt {
         match self {
             Transport::Mllp(client) => {
-                attempt(client, &payload, control_id, ack_timeout, release).await
+                attempt(client, payload, control_id, ack_timeout, release).await
             }
             Transport::File(sink) => sink.attempt(payload, control_id, message_type).await,
             Transport::Http(sink) => sink.attempt(payload, control_id, ack_timeout).await,
@@ -109,16 +109,17 @@ pub fn client_for(cfg: &DestinationConfig) -> MllpClient {
     )
 }
 
-/// Sends one message and reads its ACK: the HL7 ACK with MLLP release 1, the commit
+/// Sends one message (let go once written, so a large one is not held while its ACK is
+/// awaited) and reads its ACK: the HL7 ACK with MLLP release 1, the commit
 /// acknowledgement block with release 2.
 pub async fn attempt(
     client: &mut MllpClient,
-    payload: &[u8],
+    payload: Bytes,
     control_id: &str,
     ack_timeout: Duration,
     release: u8,
 ) -> Attempt {
-    let reply = match client.request(payload, ack_timeout).await {
+    let reply = match client.request_owned(payload, ack_timeout).await {
         Ok(reply) => reply,
         Err(e) => {
             return Attempt::Retry {
