@@ -1605,12 +1605,22 @@ impl Intake {
         let control_id: Arc<str> = msg.control_id().unwrap_or_default().into();
         let message_type: Arc<str> = env.message_type.as_str().into();
         let received = Instant::now();
+        // A route's copies share one payload: a large one held as pieces is joined once.
+        let mut joined: Option<(&Payload, Bytes)> = None;
         for (route, d, payload, _) in &processed.copies {
             let DestOut::Memory(dest) = &version.dests[*d].out else {
                 continue;
             };
+            let message = match &joined {
+                Some((p, bytes)) if *p == payload => bytes.clone(),
+                _ => {
+                    let bytes = payload.to_bytes();
+                    joined = Some((payload, bytes.clone()));
+                    bytes
+                }
+            };
             let delivery = Delivery {
-                message: payload.to_bytes(),
+                message,
                 control_id: control_id.clone(),
                 message_type: message_type.clone(),
                 route: route.clone(),

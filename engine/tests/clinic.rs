@@ -9,19 +9,33 @@ use std::time::Duration;
 
 use support::*;
 
-#[test]
-fn clinic_flow_delivers_each_message_to_the_right_systems() {
-    build_plugins();
-    let tmp = tempfile::tempdir().unwrap();
+/// The example clinic in `dir`: the EMR, LIS, billing and research stand-ins (writing to the
+/// directories returned, in that order), and the engine with its listener's address.
+fn clinic(
+    dir: &std::path::Path,
+) -> (
+    Vec<std::path::PathBuf>,
+    Vec<(Proc, std::net::SocketAddr)>,
+    Proc,
+    std::net::SocketAddr,
+) {
     let names = ["emr", "lis", "billing", "research"];
-    let dirs: Vec<_> = names.iter().map(|n| tmp.path().join(n)).collect();
+    let dirs: Vec<_> = names.iter().map(|n| dir.join(n)).collect();
     let standins: Vec<_> = names
         .iter()
         .zip(&dirs)
         .map(|(n, d)| standin(n, d, 0, &[]))
         .collect();
     let addrs = [0, 1, 2, 3].map(|i| standins[i].1);
-    let (engine, addr) = start_engine(tmp.path(), &clinic_config(addrs), "clinic");
+    let (engine, addr) = start_engine(dir, &clinic_config(addrs), "clinic");
+    (dirs, standins, engine, addr)
+}
+
+#[test]
+fn clinic_flow_delivers_each_message_to_the_right_systems() {
+    build_plugins();
+    let tmp = tempfile::tempdir().unwrap();
+    let (dirs, _standins, engine, addr) = clinic(tmp.path());
 
     let files = [
         "adt_a04_sarah.hl7",
@@ -415,15 +429,7 @@ fn larger(msg: &[u8], from: &str, to: &str, segment: &str) -> Vec<u8> {
 fn large_messages_come_out_of_every_route_as_small_ones_do() {
     build_plugins();
     let tmp = tempfile::tempdir().unwrap();
-    let names = ["emr", "lis", "billing", "research"];
-    let dirs: Vec<_> = names.iter().map(|n| tmp.path().join(n)).collect();
-    let standins: Vec<_> = names
-        .iter()
-        .zip(&dirs)
-        .map(|(n, d)| standin(n, d, 0, &[]))
-        .collect();
-    let addrs = [0, 1, 2, 3].map(|i| standins[i].1);
-    let (_engine, addr) = start_engine(tmp.path(), &clinic_config(addrs), "clinic");
+    let (dirs, _standins, _engine, addr) = clinic(tmp.path());
 
     // A PDF report (base64) of 384 KiB in an OBX at the end of each message.
     let pdf: String = (0..384 * 1024)

@@ -223,11 +223,7 @@ impl MllpClient {
         payload: &[u8],
         reply_timeout: Duration,
     ) -> Result<Bytes, ClientError> {
-        let outcome = self.try_request(payload, reply_timeout).await;
-        if outcome.is_err() {
-            self.connection = None;
-        }
-        outcome
+        self.request_any(payload, reply_timeout).await
     }
 
     /// [`MllpClient::request`] with the payload given rather than lent: it is dropped once
@@ -239,6 +235,15 @@ impl MllpClient {
     pub async fn request_owned(
         &mut self,
         payload: Bytes,
+        reply_timeout: Duration,
+    ) -> Result<Bytes, ClientError> {
+        self.request_any(payload, reply_timeout).await
+    }
+
+    /// A request with the payload lent or given; the connection is dropped on any error.
+    async fn request_any(
+        &mut self,
+        payload: impl AsRef<[u8]>,
         reply_timeout: Duration,
     ) -> Result<Bytes, ClientError> {
         let outcome = self.try_request(payload, reply_timeout).await;

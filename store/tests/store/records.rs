@@ -603,10 +603,7 @@ async fn pass_through_deliveries_share_the_message_body() {
         .await
         .unwrap();
 
-    let rows: i64 = rusqlite::Connection::open(&db)
-        .unwrap()
-        .query_row("SELECT count(*) FROM delivery_payloads", [], |r| r.get(0))
-        .unwrap();
+    let rows = payload_rows(&db);
     assert_eq!(rows, 1, "only the changed payload has a row of its own");
 
     let billing = claim(&*store, "billing", DeliveryOrder::Strict, t(1)).await;
@@ -696,10 +693,7 @@ async fn payloads_in_pieces_are_written_whole() {
         .await
         .unwrap();
 
-    let rows: i64 = rusqlite::Connection::open(&db)
-        .unwrap()
-        .query_row("SELECT count(*) FROM delivery_payloads", [], |r| r.get(0))
-        .unwrap();
+    let rows = payload_rows(&db);
     assert_eq!(rows, 2, "the step's output is not written twice");
     let emr = claim(&*store, "emr", DeliveryOrder::Strict, t(1)).await;
     assert!(emr.payload[..] == expected[..], "the step's output, whole");
@@ -712,4 +706,12 @@ async fn payloads_in_pieces_are_written_whole() {
         StepOutcome::Changed(out) => assert!(out.eq_bytes(&expected)),
         other => panic!("{other:?}"),
     }
+}
+
+/// How many deliveries have a payload row of their own.
+fn payload_rows(db: &std::path::Path) -> i64 {
+    rusqlite::Connection::open(db)
+        .unwrap()
+        .query_row("SELECT count(*) FROM delivery_payloads", [], |r| r.get(0))
+        .unwrap()
 }
