@@ -107,13 +107,7 @@ impl Payload {
     pub fn to_bytes(&self) -> Bytes {
         match &self.0 {
             Repr::Whole(b) => b.clone(),
-            Repr::Pieces { pieces, len } => {
-                let mut out = Vec::with_capacity(*len);
-                for p in pieces.iter() {
-                    out.extend_from_slice(p);
-                }
-                Bytes::from(out)
-            }
+            Repr::Pieces { pieces, .. } => Bytes::from(pieces.concat()),
         }
     }
 

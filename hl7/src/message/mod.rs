@@ -381,10 +381,7 @@ impl Message {
         if !self.modified {
             return self.source.clone();
         }
-        let total: usize = (0..self.segs.len())
-            .map(|i| self.seg_parts(i).map_or(0, |p| p.0.len()) + self.term_bytes(i).len())
-            .sum();
-        let mut out = Vec::with_capacity(total);
+        let mut out = Vec::with_capacity(self.encoded_len());
         for i in 0..self.segs.len() {
             if let Some((bytes, _)) = self.seg_parts(i) {
                 out.extend_from_slice(bytes);
