@@ -23,6 +23,7 @@ use crate::error::ParseError;
 use crate::escape;
 use crate::message::{Element, Message, ParseOptions, SegmentRef};
 use crate::path::is_segment_id;
+use bytes::Bytes;
 use serde::ser::{Serialize, SerializeMap, SerializeSeq, Serializer};
 use serde_json::{Map, Value};
 use std::borrow::Cow;
@@ -98,6 +99,62 @@ pub fn to_json(msg: &Message) -> Value {
 pub fn write_json(msg: &Message, out: &mut Vec<u8>) {
     // Writing into a `Vec` cannot fail (see `to_json` for the view itself).
     let _ = serde_json::to_writer(out, &JsonView(msg));
+}
+
+/// [`write_json`] as pieces of text to send one after the other: every long run of the
+/// message's own bytes that the JSON text carries as they are (a base64 report in OBX-5, say)
+/// is a slice of the message's buffer, not a copy; the rest (keys, punctuation, short and
+/// escaped values) is copied in between. A 1 MiB report then costs its keys, not a second
+/// megabyte. The pieces joined are [`write_json`]'s text, byte for byte.
+pub fn json_pieces(msg: &Message) -> Vec<Bytes> {
+    let mut out = SharingWriter {
+        source: msg.source(),
+        pieces: Vec::new(),
+        copied: Vec::new(),
+    };
+    // Writing to it cannot fail (see `to_json` for the view itself).
+    let _ = serde_json::to_writer(&mut out, &JsonView(msg));
+    if !out.copied.is_empty() {
+        out.pieces.push(Bytes::from(out.copied));
+    }
+    out.pieces
+}
+
+/// From this length on, text that lies in the message's buffer is shared, not copied.
+const SHARE_FROM: usize = 4096;
+
+/// Collects [`json_pieces`]: serde_json writes an unescaped run of a string as one slice of
+/// that string, which for a value read straight from the message lies in its buffer.
+struct SharingWriter<'m> {
+    source: &'m Bytes,
+    pieces: Vec<Bytes>,
+    copied: Vec<u8>,
+}
+
+impl std::io::Write for SharingWriter<'_> {
+    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
+        self.write_all(data)?;
+        Ok(data.len())
+    }
+
+    fn write_all(&mut self, data: &[u8]) -> std::io::Result<()> {
+        let (start, end) = (self.source.as_ptr() as usize, data.as_ptr() as usize);
+        let inside = end >= start && end + data.len() <= start + self.source.len();
+        if data.len() >= SHARE_FROM && inside {
+            if !self.copied.is_empty() {
+                self.pieces
+                    .push(Bytes::from(std::mem::take(&mut self.copied)));
+            }
+            self.pieces.push(self.source.slice_ref(data));
+        } else {
+            self.copied.extend_from_slice(data);
+        }
+        Ok(())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
 }
 
 /// The message as [`to_json`] shapes it, serialized as it is walked.
@@ -559,6 +616,37 @@ mod tests {
             )
         );
         assert_eq!(out, serde_json::to_vec(&to_json(&m)).unwrap());
+    }
+
+    #[test]
+    fn json_pieces_are_the_written_text_sharing_long_values() {
+        let long = "QUJD".repeat(4096);
+        let text = format!(
+            "MSH|^~\\&|A||||||ORU^R01|1|P|2.5\rOBX|1|ED|X^^L||^AP^PDF^Base64^{long}|F\rNTE|1||{long}\\T\\{long}\r"
+        );
+        let m = msg(&text);
+        let mut written = Vec::new();
+        write_json(&m, &mut written);
+        let pieces = json_pieces(&m);
+        assert_eq!(pieces.concat(), written);
+        let buffer = m.encode();
+        let inside = |p: &Bytes| {
+            let (a, b) = (buffer.as_ptr() as usize, p.as_ptr() as usize);
+            b >= a && b + p.len() <= a + buffer.len()
+        };
+        // The OBX value is a slice of the message; the NTE's is decoded (its escape), so
+        // copied.
+        let shared: Vec<usize> = pieces
+            .iter()
+            .filter(|p| inside(p))
+            .map(Bytes::len)
+            .collect();
+        assert_eq!(shared, [long.len()]);
+        // Short messages are one piece of copied text.
+        let small = msg("MSH|^~\\&|A||||||ORU^R01|1|P|2.5\rPID|1||7\r");
+        let mut written = Vec::new();
+        write_json(&small, &mut written);
+        assert_eq!(json_pieces(&small), [Bytes::from(written)]);
     }
 
     #[test]

@@ -28,10 +28,12 @@ pub use charset::Charset;
 pub use delimiters::Delimiters;
 pub use error::{EditError, ErrorCode, ErrorLocation, ParseError};
 pub use escape::{decode, encode};
-pub use json::{JsonError, MAX_POSITION, from_json, from_json_with, to_json, write_json};
+pub use json::{
+    JsonError, MAX_POSITION, from_json, from_json_with, json_pieces, to_json, write_json,
+};
 pub use message::{
     DEFAULT_MAX_FIELDS, DEFAULT_MAX_SEGMENTS, Element, LineEndings, Message, MessageType,
-    ParseOptions, SegmentRef,
+    ParseOptions, SegmentRef, Span,
 };
 pub use path::{Path, PathError};
 

@@ -27,6 +27,7 @@ use crate::error::{ParseError, printable};
 use crate::path::{Path, PathError, is_segment_id};
 use bytes::Bytes;
 use std::fmt;
+use std::ops::Range;
 
 /// Which bytes end a segment.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
@@ -407,15 +408,23 @@ impl Message {
     /// piece of new bytes. A large message with a few fields changed is then held, stored and
     /// compared without a second message-sized buffer.
     pub fn pieces(&self) -> Vec<Bytes> {
+        self.spans()
+            .into_iter()
+            .map(|span| match span {
+                Span::Kept(range) => self.source.slice(range),
+                Span::Written(bytes) => Bytes::from(bytes),
+            })
+            .collect()
+    }
+
+    /// [`Message::pieces`] by position: each run of the buffer the message was parsed from
+    /// as its range in that buffer, and the bytes edits wrote in between. A plugin answers
+    /// the engine in this form, so that what it did not change is not copied back.
+    pub fn spans(&self) -> Vec<Span> {
         if !self.modified {
-            return vec![self.source.clone()];
+            return vec![Span::Kept(0..self.source.len())];
         }
-        let mut out = Pieces {
-            source: &self.source,
-            pieces: Vec::new(),
-            run: None,
-            new: Vec::new(),
-        };
+        let mut out = Spans::default();
         for seg in &self.segs {
             match &seg.body {
                 Body::Source { start, end, .. } => out.kept(*start, *end),
@@ -486,6 +495,11 @@ impl Message {
             seps: base.seps.clone(),
             modified: true,
         }
+    }
+
+    /// The buffer the message was parsed from.
+    pub(crate) fn source(&self) -> &Bytes {
+        &self.source
     }
 
     /// Whether any edit has been made since parsing.
@@ -578,17 +592,26 @@ impl Message {
     }
 }
 
-/// Gathers [`Message::pieces`]: runs of the original buffer, and new bytes in between.
-struct Pieces<'a> {
-    source: &'a Bytes,
-    pieces: Vec<Bytes>,
+/// One part of a message's bytes, as [`Message::spans`] gives them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Span {
+    /// These bytes of the buffer the message was parsed from, unchanged.
+    Kept(Range<usize>),
+    /// Bytes edits wrote.
+    Written(Vec<u8>),
+}
+
+/// Gathers [`Message::spans`]: runs of the original buffer, and new bytes in between.
+#[derive(Default)]
+struct Spans {
+    spans: Vec<Span>,
     /// The run of the original buffer being extended.
-    run: Option<(usize, usize)>,
+    run: Option<Range<usize>>,
     /// New bytes being gathered.
     new: Vec<u8>,
 }
 
-impl Pieces<'_> {
+impl Spans {
     /// `source[start..end]` comes next: extends the run, or starts one.
     fn kept(&mut self, start: u32, end: u32) {
         let (start, end) = (start as usize, end as usize);
@@ -596,13 +619,14 @@ impl Pieces<'_> {
             return;
         }
         if !self.new.is_empty() {
-            self.pieces.push(Bytes::from(std::mem::take(&mut self.new)));
+            self.spans
+                .push(Span::Written(std::mem::take(&mut self.new)));
         }
         match &mut self.run {
-            Some((_, e)) if *e == start => *e = end,
+            Some(run) if run.end == start => run.end = end,
             run => {
-                if let Some((s, e)) = run.replace((start, end)) {
-                    self.pieces.push(self.source.slice(s..e));
+                if let Some(done) = run.replace(start..end) {
+                    self.spans.push(Span::Kept(done));
                 }
             }
         }
@@ -610,20 +634,20 @@ impl Pieces<'_> {
 
     /// New bytes come next.
     fn written(&mut self, bytes: &[u8]) {
-        if let Some((s, e)) = self.run.take() {
-            self.pieces.push(self.source.slice(s..e));
+        if let Some(done) = self.run.take() {
+            self.spans.push(Span::Kept(done));
         }
         self.new.extend_from_slice(bytes);
     }
 
-    fn finish(mut self) -> Vec<Bytes> {
-        if let Some((s, e)) = self.run.take() {
-            self.pieces.push(self.source.slice(s..e));
+    fn finish(mut self) -> Vec<Span> {
+        if let Some(done) = self.run.take() {
+            self.spans.push(Span::Kept(done));
         }
         if !self.new.is_empty() {
-            self.pieces.push(Bytes::from(self.new));
+            self.spans.push(Span::Written(self.new));
         }
-        self.pieces
+        self.spans
     }
 }
 

@@ -1289,7 +1289,26 @@ fn pieces_read_as_the_encoded_message() {
                 m.pieces().iter().all(|p| !p.is_empty()),
                 "{name}: {edit}: an empty piece"
             );
+            // The same pieces by position: ranges of the text it was parsed from.
+            let spans = m.spans();
+            let mut from_spans = Vec::new();
+            for span in &spans {
+                match span {
+                    Span::Kept(r) => from_spans.extend_from_slice(&text.as_bytes()[r.clone()]),
+                    Span::Written(b) => from_spans.extend_from_slice(b),
+                }
+            }
+            assert_eq!(from_spans, &encoded[..], "{name}: {edit}: spans");
+            assert_eq!(spans.len(), m.pieces().len(), "{name}: {edit}");
+            assert!(
+                spans
+                    .windows(2)
+                    .all(|w| !matches!(w, [Span::Written(_), Span::Written(_)])
+                        && !matches!(w, [Span::Kept(a), Span::Kept(b)] if a.end == b.start)),
+                "{name}: {edit}: neighbouring spans not merged: {spans:?}"
+            );
         }
+        assert_eq!(base.spans(), [Span::Kept(0..text.len())], "{name}");
     }
 }
 
