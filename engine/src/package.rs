@@ -997,9 +997,10 @@ mod tests {
     #[test]
     fn wit_versions_are_checked() {
         check_wit("0.1.0").unwrap();
+        check_wit("0.1.1").unwrap();
         let e = check_wit("0.2.0").unwrap_err();
         assert!(e.contains("courier:plugin@0.2.0"), "{e}");
-        assert!(e.contains("supports courier:plugin@0.1.0"), "{e}");
+        assert!(e.contains("supports courier:plugin@0.1.1"), "{e}");
         check_wit("1.0.0").unwrap_err();
         check_wit("0.0.9").unwrap_err();
     }

@@ -261,12 +261,12 @@ fn refused_packages_install_nothing_and_a_valid_one_installs() {
 
     // Built for an interface version this engine does not have (validly signed).
     let future = resign(&good, &vendor_key, dir, "future", |t| {
-        t.replace("wit = \"0.1.0\"", "wit = \"0.2.0\"")
+        t.replace("wit = \"0.1.1\"", "wit = \"0.2.0\"")
     });
     refused(
         &future,
         &[
-            "built for courier:plugin@0.2.0, which this engine does not support: it supports courier:plugin@0.1.0",
+            "built for courier:plugin@0.2.0, which this engine does not support: it supports courier:plugin@0.1.1",
         ],
     );
     // A manifest that misstates the component's entry point (validly signed).
@@ -275,7 +275,7 @@ fn refused_packages_install_nothing_and_a_valid_one_installs() {
     });
     refused(
         &filter,
-        &["the manifest says entry = \"filter\", but the component exports `transform`"],
+        &["the manifest says entry = \"filter\", but the component is a transform"],
     );
     assert!(tree(&installed).iter().all(|p| !p.contains("adt-emr/")));
 
@@ -306,7 +306,7 @@ fn refused_packages_install_nothing_and_a_valid_one_installs() {
     assert_eq!(code, 0);
     assert!(
         stdout.contains(&format!(
-            "adt-emr\t1.0.0\tCourier examples\t{vendor_id}\t{sha}\tnone\t0.1.0\tok"
+            "adt-emr\t1.0.0\tCourier examples\t{vendor_id}\t{sha}\tnone\t0.1.1\tok"
         )),
         "{stdout}"
     );

@@ -181,7 +181,7 @@ mod bindings {
         inline: "
             package courier:plugin-sdk;
             world imports {
-                import courier:plugin/host@0.1.0;
+                import courier:plugin/host@0.1.1;
             }
         ",
         path: "../wit",
@@ -507,8 +507,9 @@ pub mod __private {
 
     /// A transform's answer before it is turned into the world's generated type.
     pub enum Reply {
-        /// Keep; the new bytes when the message was changed.
-        Keep(Option<Vec<u8>>),
+        /// Keep; when the message was changed, its new bytes as runs of the bytes the plugin
+        /// was given and the bytes edits wrote.
+        Keep(Option<Vec<courier_hl7::Span>>),
         /// Drop, with the reason.
         Drop(String),
     }
@@ -524,7 +525,10 @@ pub mod __private {
             .map_err(|e| format!("the plugin could not read the message: {e}"))
     }
 
-    /// Parses, calls the author's transform, and encodes the message only if it changed.
+    /// Parses, calls the author's transform, and answers what changed only if something did:
+    /// the segments it did not touch go back as positions in the bytes it was given, not
+    /// copied (a large report with a few fields changed costs those fields, not a second copy
+    /// of the report in the plugin's memory and a third in the engine's).
     pub fn run_transform(
         bytes: Vec<u8>,
         default_charset: &str,
@@ -532,11 +536,7 @@ pub mod __private {
     ) -> Result<Reply, String> {
         let mut msg = parse(bytes, default_charset)?;
         match f(&mut msg, &Context::__host()) {
-            // `Vec::from` takes the encoded buffer over instead of copying it: for a large
-            // message that copy was a third message-sized block in the plugin's memory.
-            Ok(Outcome::Keep) => Ok(Reply::Keep(
-                msg.is_modified().then(|| Vec::from(msg.encode())),
-            )),
+            Ok(Outcome::Keep) => Ok(Reply::Keep(msg.is_modified().then(|| msg.spans()))),
             Ok(Outcome::Drop(reason)) => Ok(Reply::Drop(reason)),
             Err(e) => Err(e.message),
         }

@@ -32,7 +32,7 @@ use wasmtime::{
 };
 
 use crate::step::{Outcome, Step, StepContext, StepError, StepErrorKind, redact};
-use bindings::{filter, host, transform};
+use bindings::{filter, host, pieces, transform};
 pub use cache::{compile_child_main, compile_in_child};
 use sandbox::HostState;
 pub use sandbox::{LogLevel, LogLine, LogSource};
@@ -41,7 +41,7 @@ pub use sandbox::{LogLevel, LogLine, LogSource};
 /// wit/plugin.wit) this host links. A component built for one of these, or for an earlier
 /// version semver-compatible with one (the same major version; for 0.x, the same minor),
 /// loads; any other is refused at load with [`LoadError::UnsupportedWit`].
-pub const SUPPORTED_WIT: &[&str] = &["0.1.0"];
+pub const SUPPORTED_WIT: &[&str] = &["0.1.1"];
 
 /// Whether this host can run a plugin built for `courier:plugin@wanted`; the error says
 /// which versions it supports.
@@ -219,9 +219,9 @@ pub enum LoadError {
         /// What is missing.
         message: String,
     },
-    /// The component exports neither Courier's `transform` nor `filter`.
+    /// The component exports none of Courier's `transform`, `transform-pieces` or `filter`.
     #[error(
-        "plugin {file}: does not implement courier:plugin@0.1.0 (expected an export `transform` or `filter`; it exports {exports})"
+        "plugin {file}: does not implement courier:plugin (expected an export `transform-pieces`, `transform` or `filter`; it exports {exports})"
     )]
     WrongInterface {
         /// The plugin file.
@@ -413,20 +413,24 @@ fn start_ticker(engine: &Engine, tick: Duration) -> Result<Ticker, String> {
 /// Whether a plugin is a transform or a filter (which world it implements).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PluginKind {
-    /// Exports `transform`: may change or drop the message.
+    /// Exports `transform-pieces` or `transform`: may change or drop the message.
     Transform,
     /// Exports `filter`: keeps or drops the message, never changes it.
     Filter,
 }
 
 enum Pre {
+    /// `transform-step`: answers with the whole changed message.
     Transform(transform::TransformStepPre<HostState>),
+    /// `transform-pieces-step`: answers with what it kept and what it wrote.
+    Pieces(pieces::TransformPiecesStepPre<HostState>),
     Filter(filter::FilterStepPre<HostState>),
 }
 
 /// A live instance of the plugin, in the store it was instantiated in: its one export.
 enum Instance {
     Transform(Func),
+    Pieces(Func),
     Filter(Func),
 }
 
@@ -444,6 +448,18 @@ struct MessageIn<'a> {
 
 /// What `transform` returns.
 type TransformResult = (Result<transform::courier::plugin::types::Outcome, String>,);
+/// What `transform-pieces` returns.
+type PiecesResult = (Result<pieces::courier::plugin::types::PiecesOutcome, String>,);
+
+/// What a call answered, before a changed message is read from it.
+enum Answer {
+    Keep,
+    Drop(String),
+    /// The changed message, whole (`transform-step`).
+    Whole(Vec<u8>),
+    /// The changed message as runs of the input and new bytes (`transform-pieces-step`).
+    Pieces(Vec<pieces::courier::plugin::types::Piece>),
+}
 /// What `filter` returns.
 type FilterResult = (Result<filter::courier::plugin::types::Verdict, String>,);
 
@@ -563,17 +579,17 @@ impl WasmPlugin {
                 file: file.clone(),
                 message: format!("{e:#}"),
             })?;
-        let pre = match transform::TransformStepPre::new(instance_pre.clone()) {
-            Ok(p) => Pre::Transform(p),
-            Err(_) => match filter::FilterStepPre::new(instance_pre) {
-                Ok(p) => Pre::Filter(p),
-                Err(_) => {
-                    return Err(LoadError::WrongInterface {
-                        file,
-                        exports: export_names(&rt.engine, &component),
-                    });
-                }
-            },
+        let pre = if let Ok(p) = pieces::TransformPiecesStepPre::new(instance_pre.clone()) {
+            Pre::Pieces(p)
+        } else if let Ok(p) = transform::TransformStepPre::new(instance_pre.clone()) {
+            Pre::Transform(p)
+        } else if let Ok(p) = filter::FilterStepPre::new(instance_pre) {
+            Pre::Filter(p)
+        } else {
+            return Err(LoadError::WrongInterface {
+                file,
+                exports: export_names(&rt.engine, &component),
+            });
         };
 
         // Ticks until the deadline: rounded up, plus one because the current tick may be about
@@ -642,7 +658,7 @@ impl WasmPlugin {
     /// Transform or filter.
     pub fn kind(&self) -> PluginKind {
         match self.pre {
-            Pre::Transform(_) => PluginKind::Transform,
+            Pre::Transform(_) | Pre::Pieces(_) => PluginKind::Transform,
             Pre::Filter(_) => PluginKind::Filter,
         }
     }
@@ -672,7 +688,21 @@ impl WasmPlugin {
                 }
             },
         };
-        let (result, output, instance) = self.call(&mut store, instance, msg);
+        let input = msg.encode();
+        let (answer, instance) = self.call(&mut store, instance, msg, &input);
+        let mut logs = collect_logs(store.data_mut());
+        // The plugin's memory goes back before a changed message is read from its answer:
+        // for a large message, the two would otherwise be held at once.
+        match instance {
+            Some(instance) if self.limits.reuse_instance => {
+                self.keep_warm(Warm { store, instance });
+            }
+            _ => drop(store),
+        }
+        let (result, output) = match answer {
+            Ok(answer) => self.read_answer(answer, msg, input),
+            Err(e) => (Err(e), None),
+        };
         // Redact against the message as it came in and, if the plugin changed it, as it goes
         // out (a plugin that upper-cases a name may log the upper-cased form).
         let redact_all = |text: &str| {
@@ -692,12 +722,8 @@ impl WasmPlugin {
             }),
             other => other,
         };
-        let logs = collect_logs(store.data_mut(), &redact_all);
-        match instance {
-            Some(instance) if self.limits.reuse_instance => {
-                self.keep_warm(Warm { store, instance });
-            }
-            _ => drop(store),
+        for line in &mut logs {
+            line.text = redact_all(&line.text);
         }
         if let (Ok(_), Some(out)) = (&result, output) {
             *msg = out;
@@ -759,6 +785,10 @@ impl WasmPlugin {
                 let instance = pre.instance_pre().instantiate(&mut *store)?;
                 Instance::Transform(export(store, &instance, "transform")?)
             }
+            Pre::Pieces(pre) => {
+                let instance = pre.instance_pre().instantiate(&mut *store)?;
+                Instance::Pieces(export(store, &instance, "transform-pieces")?)
+            }
             Pre::Filter(pre) => {
                 let instance = pre.instance_pre().instantiate(&mut *store)?;
                 Instance::Filter(export(store, &instance, "filter")?)
@@ -766,78 +796,105 @@ impl WasmPlugin {
         })
     }
 
-    /// Calls the plugin on `msg` (instantiating it first unless `instance` is a kept one):
-    /// the step's result, the message the plugin returned if it changed it, and the instance
-    /// if it may serve again (not after a trap, a timeout or the memory cap).
+    /// Calls the plugin on `msg`, whose bytes are `input` (instantiating it first unless
+    /// `instance` is a kept one): what it answered, and the instance if it may serve again
+    /// (not after a trap, a timeout or the memory cap).
     fn call(
         &self,
         store: &mut Store<HostState>,
         instance: Option<Instance>,
         msg: &Message,
-    ) -> (
-        Result<Outcome, StepError>,
-        Option<Message>,
-        Option<Instance>,
-    ) {
+        input: &[u8],
+    ) -> (Result<Answer, StepError>, Option<Instance>) {
         let instance = match instance {
             Some(i) => i,
             None => match self.instantiate(store) {
                 Ok(i) => i,
-                Err(e) => return (Err(self.trapped(&e, store)), None, None),
+                Err(e) => return (Err(self.trapped(&e, store)), None),
             },
         };
-        let bytes = msg.encode();
         let input = (MessageIn {
-            bytes: &bytes,
+            bytes: input,
             default_charset: msg.charset().hl7_name(),
         },);
-        match &instance {
+        let answer = match &instance {
             Instance::Transform(func) => {
                 use transform::courier::plugin::types::Outcome as Wit;
                 let called = func
                     .typed::<(MessageIn<'_>,), TransformResult>(&*store)
                     .and_then(|f| f.call(&mut *store, input));
-                let (result, output) = match called {
-                    Err(e) => return (Err(self.trapped(&e, store)), None, None),
-                    Ok((Err(reason),)) => (Err(self.error(StepErrorKind::Failed, reason)), None),
-                    Ok((Ok(Wit::Drop(reason)),)) => (Ok(Outcome::Drop { reason }), None),
-                    Ok((Ok(Wit::Keep(None)),)) => (Ok(Outcome::Keep), None),
-                    Ok((Ok(Wit::Keep(Some(bytes))),)) => {
-                        match Message::parse_with(bytes, msg.options()) {
-                            // A large message comes back whole even when the plugin changed a
-                            // few fields: what it did not change is taken from the input's
-                            // buffer, and the returned copy is freed with this call.
-                            Ok(out) if out.encoded_len() >= courier_hl7::LARGE_MESSAGE => {
-                                (Ok(Outcome::Keep), Some(out.share_unchanged(msg)))
-                            }
-                            Ok(out) => (Ok(Outcome::Keep), Some(out)),
-                            Err(e) => (
-                                Err(self.error(
-                                    StepErrorKind::BadOutput,
-                                    format!(
-                                        "the plugin returned bytes that are not an HL7 message: {e}"
-                                    ),
-                                )),
-                                None,
-                            ),
-                        }
-                    }
-                };
-                (result, output, Some(instance))
+                match called {
+                    Err(e) => return (Err(self.trapped(&e, store)), None),
+                    Ok((Err(reason),)) => Err(self.error(StepErrorKind::Failed, reason)),
+                    Ok((Ok(Wit::Drop(reason)),)) => Ok(Answer::Drop(reason)),
+                    Ok((Ok(Wit::Keep(None)),)) => Ok(Answer::Keep),
+                    Ok((Ok(Wit::Keep(Some(bytes))),)) => Ok(Answer::Whole(bytes)),
+                }
+            }
+            Instance::Pieces(func) => {
+                use pieces::courier::plugin::types::PiecesOutcome as Wit;
+                let called = func
+                    .typed::<(MessageIn<'_>,), PiecesResult>(&*store)
+                    .and_then(|f| f.call(&mut *store, input));
+                match called {
+                    Err(e) => return (Err(self.trapped(&e, store)), None),
+                    Ok((Err(reason),)) => Err(self.error(StepErrorKind::Failed, reason)),
+                    Ok((Ok(Wit::Drop(reason)),)) => Ok(Answer::Drop(reason)),
+                    Ok((Ok(Wit::Keep(None)),)) => Ok(Answer::Keep),
+                    Ok((Ok(Wit::Keep(Some(pieces))),)) => Ok(Answer::Pieces(pieces)),
+                }
             }
             Instance::Filter(func) => {
                 use filter::courier::plugin::types::Verdict;
                 let called = func
                     .typed::<(MessageIn<'_>,), FilterResult>(&*store)
                     .and_then(|f| f.call(&mut *store, input));
-                let result = match called {
-                    Err(e) => return (Err(self.trapped(&e, store)), None, None),
+                match called {
+                    Err(e) => return (Err(self.trapped(&e, store)), None),
                     Ok((Err(reason),)) => Err(self.error(StepErrorKind::Failed, reason)),
-                    Ok((Ok(Verdict::Keep),)) => Ok(Outcome::Keep),
-                    Ok((Ok(Verdict::Drop(reason)),)) => Ok(Outcome::Drop { reason }),
-                };
-                (result, None, Some(instance))
+                    Ok((Ok(Verdict::Keep),)) => Ok(Answer::Keep),
+                    Ok((Ok(Verdict::Drop(reason)),)) => Ok(Answer::Drop(reason)),
+                }
             }
+        };
+        (answer, Some(instance))
+    }
+
+    /// The step's result from the plugin's answer, and the changed message if it changed
+    /// `msg` (whose bytes, as the plugin was given them, are `input`).
+    fn read_answer(
+        &self,
+        answer: Answer,
+        msg: &Message,
+        input: bytes::Bytes,
+    ) -> (Result<Outcome, StepError>, Option<Message>) {
+        let bytes = match answer {
+            Answer::Keep => return (Ok(Outcome::Keep), None),
+            Answer::Drop(reason) => return (Ok(Outcome::Drop { reason }), None),
+            Answer::Whole(bytes) => bytes,
+            Answer::Pieces(pieces) => match join(&pieces, &input, self.limits.memory) {
+                Ok(bytes) => bytes,
+                Err(message) => {
+                    return (Err(self.error(StepErrorKind::BadOutput, message)), None);
+                }
+            },
+        };
+        drop(input);
+        match Message::parse_with(bytes, msg.options()) {
+            // A large message comes back whole even when the plugin changed a few fields:
+            // what it did not change is taken from the input's buffer, and the bytes read
+            // back are freed here.
+            Ok(out) if out.encoded_len() >= courier_hl7::LARGE_MESSAGE => {
+                (Ok(Outcome::Keep), Some(out.share_unchanged(msg)))
+            }
+            Ok(out) => (Ok(Outcome::Keep), Some(out)),
+            Err(e) => (
+                Err(self.error(
+                    StepErrorKind::BadOutput,
+                    format!("the plugin returned bytes that are not an HL7 message: {e}"),
+                )),
+                None,
+            ),
         }
     }
 
@@ -979,15 +1036,58 @@ fn emit(plugin: &WasmPlugin, ctx: &StepContext, line: &LogLine) {
     }
 }
 
-/// The call's log lines, stdout and stderr as redacted [`LogLine`]s, with a note of what the
-/// bounds dropped.
-fn collect_logs(data: &mut HostState, redact_all: &dyn Fn(&str) -> String) -> Vec<LogLine> {
+/// The bytes a `transform-pieces` answer makes, its `kept` spans read from `input`. Refused
+/// when a span reaches past the end of `input`, or when they add up to more than `limit` (the
+/// plugin's memory cap: a plugin could not have returned more as whole bytes).
+fn join(
+    pieces: &[pieces::courier::plugin::types::Piece],
+    input: &[u8],
+    limit: u64,
+) -> Result<Vec<u8>, String> {
+    use pieces::courier::plugin::types::{Piece, Span};
+    let mut total: u64 = 0;
+    for piece in pieces {
+        total += match piece {
+            Piece::Kept(Span { start, len }) => {
+                let end = u64::from(*start) + u64::from(*len);
+                if end > input.len() as u64 {
+                    return Err(format!(
+                        "the plugin kept bytes {start}..{end} of a message of {} bytes",
+                        input.len()
+                    ));
+                }
+                u64::from(*len)
+            }
+            Piece::Written(bytes) => bytes.len() as u64,
+        };
+    }
+    if total > limit {
+        return Err(format!(
+            "the plugin's pieces make a message of {total} bytes, more than its memory limit of {limit} bytes"
+        ));
+    }
+    let mut out = Vec::with_capacity(usize::try_from(total).unwrap_or_default());
+    for piece in pieces {
+        match piece {
+            Piece::Kept(Span { start, len }) => {
+                let start = *start as usize;
+                out.extend_from_slice(&input[start..start + *len as usize]);
+            }
+            Piece::Written(bytes) => out.extend_from_slice(bytes),
+        }
+    }
+    Ok(out)
+}
+
+/// The call's log lines, stdout and stderr as [`LogLine`]s (not yet redacted: the caller
+/// redacts them against the message in and out), with a note of what the bounds dropped.
+fn collect_logs(data: &mut HostState) -> Vec<LogLine> {
     let mut out: Vec<LogLine> = std::mem::take(&mut data.logs)
         .into_iter()
         .map(|(level, text)| LogLine {
             level,
             source: LogSource::Host,
-            text: redact_all(&text),
+            text,
         })
         .collect();
     if data.logs_dropped > 0 {
@@ -1015,7 +1115,7 @@ fn collect_logs(data: &mut HostState, redact_all: &dyn Fn(&str) -> String) -> Ve
             out.push(LogLine {
                 level,
                 source,
-                text: redact_all(&sandbox::cut(l.to_owned(), sandbox::MAX_LOG_LINE)),
+                text: sandbox::cut(l.to_owned(), sandbox::MAX_LOG_LINE),
             });
         }
         if dropped > 0 {
@@ -1089,9 +1189,15 @@ mod tests {
     #[test]
     fn compatible_wit_versions_load_and_others_are_named() {
         super::check_wit("0.1.0").unwrap();
+        super::check_wit("0.1.1").unwrap();
+        let e = super::check_wit("0.1.2").unwrap_err();
+        assert!(
+            e.contains("courier:plugin@0.1.2") && e.contains("supports courier:plugin@0.1.1"),
+            "{e}"
+        );
         let e = super::check_wit("0.2.0").unwrap_err();
         assert!(
-            e.contains("courier:plugin@0.2.0") && e.contains("supports courier:plugin@0.1.0"),
+            e.contains("courier:plugin@0.2.0") && e.contains("supports courier:plugin@0.1.1"),
             "{e}"
         );
         super::check_wit("0.0.9").unwrap_err();

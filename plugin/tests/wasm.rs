@@ -642,6 +642,101 @@ fn output_that_is_not_hl7_is_refused_and_the_message_kept() {
 }
 
 #[test]
+fn pieces_outside_the_message_are_refused_and_the_message_kept() {
+    let plugin = load("hostile_bad_pieces", WasmLimits::default());
+    assert_eq!(plugin.kind(), PluginKind::Transform);
+    for (mode, expected) in [
+        ("past-end", "the plugin kept bytes 1.."),
+        ("huge", "more than its memory limit of 67108864 bytes"),
+        ("not-hl7", "not an HL7 message"),
+    ] {
+        let mut msg = sample("adt_a04_sarah.hl7");
+        let before = msg.encode();
+        let err = plugin
+            .run(&mut msg, &ctx(&[("mode", mode)]))
+            .expect_err(mode);
+        assert_eq!(err.kind, StepErrorKind::BadOutput, "{mode}: {err}");
+        assert!(err.message.contains(expected), "{mode}: {err}");
+        assert_eq!(msg.encode(), before, "{mode}");
+    }
+    // The same plugin answering correctly, in two pieces: the message as it was.
+    let mut msg = sample("adt_a04_sarah.hl7");
+    let before = msg.encode();
+    assert_eq!(plugin.run(&mut msg, &ctx(&[])), Ok(Outcome::Keep));
+    assert_eq!(msg.encode(), before);
+}
+
+/// A 1 MiB ORU (a PDF report in OBX-5) built on the example clinic's results message.
+fn large_oru() -> Message {
+    let text = std::fs::read_to_string(repo().join("examples/messages/oru_r01_results.hl7"))
+        .expect("sample");
+    let pdf = "JVBERi0x".repeat(1 << 17);
+    let text = format!(
+        "{}\rOBX|99|ED|PDF^Report^L||^AP^PDF^Base64^{pdf}||||||F\r",
+        text.trim_end()
+    );
+    Message::parse_with(text.into_bytes(), &courier_hl7::ParseOptions::lenient()).expect("parses")
+}
+
+/// Whether the large OBX of `out` is still in the buffer of `input` (not copied back out of
+/// the plugin), and `out` holds nothing message-sized of its own.
+fn shares_the_report(out: &Message, input: &bytes::Bytes) -> bool {
+    let inside = |p: &bytes::Bytes| {
+        let (a, b) = (input.as_ptr() as usize, p.as_ptr() as usize);
+        b >= a && b + p.len() <= a + input.len()
+    };
+    let pieces = out.pieces();
+    pieces.iter().any(|p| p.len() >= 1 << 20 && inside(p))
+        && pieces.iter().all(|p| inside(p) || p.len() < 64 << 10)
+}
+
+#[test]
+fn a_large_message_changed_in_a_few_fields_shares_the_buffer_it_came_in() {
+    // The SDK's plugins answer with pieces.
+    let plugin = load("lab_codes", WasmLimits::default());
+    let c = ctx_with_tables(&[("table", "lab-loinc")], lab_table());
+    let mut msg = large_oru();
+    let input = msg.encode();
+    assert_eq!(plugin.run(&mut msg, &c), Ok(Outcome::Keep));
+    assert_eq!(
+        get(&msg, "OBX[3]-3"),
+        "718-7^Hemoglobin^LN^HGB^Hemoglobin^L"
+    );
+    let mut expected = Message::parse_with(input.clone(), msg.options()).unwrap();
+    assert_eq!(plugin.run(&mut expected, &c), Ok(Outcome::Keep));
+    assert_eq!(msg.encode(), expected.encode());
+    assert!(shares_the_report(&msg, &input), "{:?}", msg.pieces().len());
+
+    // Small messages come back whole, as before.
+    let mut small = sample("oru_r01_results.hl7");
+    assert_eq!(plugin.run(&mut small, &c), Ok(Outcome::Keep));
+    assert_eq!(small.pieces().len(), 1);
+}
+
+#[test]
+fn a_transform_built_for_the_first_interface_version_still_runs() {
+    let plugin = load("compat_whole_message", WasmLimits::default());
+    assert_eq!(plugin.kind(), PluginKind::Transform);
+    assert_eq!(plugin.courier_wit_version(), Some("0.1.0"));
+    let mut msg = sample("adt_a04_sarah.hl7");
+    assert_eq!(plugin.run(&mut msg, &ctx(&[])), Ok(Outcome::Keep));
+    assert_eq!(get(&msg, "PID-5.1"), "JOHNSON");
+    assert_eq!(get(&msg, "MSH-5"), "COMPAT");
+
+    // Its whole answer for a large message is shared with the input's buffer all the same.
+    let mut msg = large_oru();
+    let input = msg.encode();
+    let mut expected = msg.clone();
+    let family = get(&expected, "PID-5.1").to_uppercase();
+    let path = |p: &str| courier_hl7::Path::parse(p).unwrap();
+    expected.set(&path("PID-5.1"), &family).unwrap();
+    expected.set(&path("MSH-5"), "COMPAT").unwrap();
+    assert_eq!(plugin.run(&mut msg, &ctx(&[])), Ok(Outcome::Keep));
+    assert_eq!(msg.encode(), expected.encode());
+    assert!(shares_the_report(&msg, &input));
+}
+
+#[test]
 fn a_log_flood_is_bounded_and_redacted() {
     let plugin = load(
         "hostile_log_flood",
@@ -864,7 +959,11 @@ fn wrong_files_are_refused_at_load_with_the_file_named() {
         }
         other => panic!("expected WrongInterface, got {other}"),
     }
-    assert!(err.to_string().contains("courier:plugin@0.1.0"), "{err}");
+    assert!(
+        err.to_string()
+            .contains("expected an export `transform-pieces`, `transform` or `filter`"),
+        "{err}"
+    );
 
     let err = runtime()
         .load(

@@ -504,7 +504,7 @@ pub fn install(package_file: &Path, config: &Path) -> anyhow::Result<ExitCode> {
         Err(e) => return refuse(format!("{e:#}")),
         Ok((entry, _)) if entry != m.entry => {
             return refuse(format!(
-                "the manifest says entry = \"{}\", but the component exports `{entry}`",
+                "the manifest says entry = \"{}\", but the component is a {entry}",
                 m.entry
             ));
         }

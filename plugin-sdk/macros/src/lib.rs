@@ -4,7 +4,9 @@
 //! Each attribute keeps the author's function as written and adds, next to it, the
 //! component's entry point: WIT bindings for one world of `wit/plugin.wit` (embedded here at
 //! compile time, so a plugin crate needs no WIT files of its own) and an implementation of
-//! the world's export that parses the message, calls the function and encodes the answer.
+//! the world's export that parses the message, calls the function and gives back the answer
+//! (`#[transform]` builds `transform-pieces-step`: a changed message goes back as what was
+//! kept and what was written).
 //!
 //! A function the attribute cannot use is a compile error pointing at the offending part of
 //! its signature (`syn::Error::new_spanned`), never a panic in the macro.
@@ -90,10 +92,10 @@ fn expand(kind: Kind, attr: TokenStream2, item: TokenStream2) -> syn::Result<Tok
             quote! {
                 ::courier_plugin_sdk::__private::wit_bindgen::generate!({
                     inline: #wit,
-                    world: "transform-step",
+                    world: "transform-pieces-step",
                     runtime_path: "::courier_plugin_sdk::__private::wit_bindgen::rt",
                     with: {
-                        "courier:plugin/host@0.1.0": ::courier_plugin_sdk::__private::host,
+                        "courier:plugin/host@0.1.1": ::courier_plugin_sdk::__private::host,
                     },
                     generate_all,
                 });
@@ -101,15 +103,30 @@ fn expand(kind: Kind, attr: TokenStream2, item: TokenStream2) -> syn::Result<Tok
                 struct CourierPlugin;
 
                 impl Guest for CourierPlugin {
-                    fn transform(
+                    fn transform_pieces(
                         message: courier::plugin::types::Hl7Message,
-                    ) -> ::core::result::Result<courier::plugin::types::Outcome, ::std::string::String> {
+                    ) -> ::core::result::Result<courier::plugin::types::PiecesOutcome, ::std::string::String> {
+                        use courier::plugin::types::{PiecesOutcome, Piece, Span};
                         match #call {
-                            ::core::result::Result::Ok(::courier_plugin_sdk::__private::Reply::Keep(bytes)) => {
-                                ::core::result::Result::Ok(courier::plugin::types::Outcome::Keep(bytes))
+                            ::core::result::Result::Ok(::courier_plugin_sdk::__private::Reply::Keep(spans)) => {
+                                // Positions fit in u32: the engine sends no message of 4 GiB
+                                // or more, and the guest's parser refuses one.
+                                let pieces = spans.map(|spans| {
+                                    spans
+                                        .into_iter()
+                                        .map(|span| match span {
+                                            ::courier_plugin_sdk::hl7::Span::Kept(range) => Piece::Kept(Span {
+                                                start: range.start as u32,
+                                                len: range.len() as u32,
+                                            }),
+                                            ::courier_plugin_sdk::hl7::Span::Written(bytes) => Piece::Written(bytes),
+                                        })
+                                        .collect()
+                                });
+                                ::core::result::Result::Ok(PiecesOutcome::Keep(pieces))
                             }
                             ::core::result::Result::Ok(::courier_plugin_sdk::__private::Reply::Drop(reason)) => {
-                                ::core::result::Result::Ok(courier::plugin::types::Outcome::Drop(reason))
+                                ::core::result::Result::Ok(PiecesOutcome::Drop(reason))
                             }
                             ::core::result::Result::Err(e) => ::core::result::Result::Err(e),
                         }
@@ -130,7 +147,7 @@ fn expand(kind: Kind, attr: TokenStream2, item: TokenStream2) -> syn::Result<Tok
                     world: "filter-step",
                     runtime_path: "::courier_plugin_sdk::__private::wit_bindgen::rt",
                     with: {
-                        "courier:plugin/host@0.1.0": ::courier_plugin_sdk::__private::host,
+                        "courier:plugin/host@0.1.1": ::courier_plugin_sdk::__private::host,
                     },
                     generate_all,
                 });
