@@ -12,6 +12,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use bytes::Bytes;
 
+use super::http_out::Body;
 use crate::config::{DestinationConfig, PayloadFormat};
 use crate::destination::Attempt;
 
@@ -125,7 +126,7 @@ impl FileSink {
         control_id: &str,
         message_type: &str,
     ) -> Attempt {
-        let body = match super::http_out::encode(&payload, self.format) {
+        let body = match super::http_out::encode(payload, self.format) {
             Ok(b) => b,
             Err(reason) => {
                 return Attempt::Rejected {
@@ -134,7 +135,6 @@ impl FileSink {
                 };
             }
         };
-        drop(payload);
         let seq = SEQ.fetch_add(1, Ordering::Relaxed);
         let name = render(&self.pattern, control_id, message_type, seq);
         let dir = self.dir.clone();
@@ -164,12 +164,14 @@ fn numbered(name: &str, n: usize) -> String {
 }
 
 /// Temporary file, sync, link to a free final name, sync the directory.
-pub fn write_atomically(dir: &Path, name: &str, body: &[u8], seq: u64) -> std::io::Result<PathBuf> {
+pub fn write_atomically(dir: &Path, name: &str, body: &Body, seq: u64) -> std::io::Result<PathBuf> {
     std::fs::create_dir_all(dir)?;
     let tmp = dir.join(format!(".{name}.{}-{seq}.tmp", std::process::id()));
     let written = (|| {
         let mut f = std::fs::File::create(&tmp)?;
-        f.write_all(body)?;
+        for piece in body.pieces() {
+            f.write_all(piece)?;
+        }
         f.sync_all()
     })();
     if let Err(e) = written {
@@ -232,8 +234,9 @@ mod tests {
     #[test]
     fn a_taken_name_is_never_replaced() {
         let dir = tempfile::tempdir().unwrap();
-        let a = write_atomically(dir.path(), "m.hl7", b"one", 1).unwrap();
-        let b = write_atomically(dir.path(), "m.hl7", b"two", 2).unwrap();
+        let body = |text: &'static str| Body::from(vec![Bytes::from_static(text.as_bytes())]);
+        let a = write_atomically(dir.path(), "m.hl7", &body("one"), 1).unwrap();
+        let b = write_atomically(dir.path(), "m.hl7", &body("two"), 2).unwrap();
         assert_eq!(std::fs::read(&a).unwrap(), b"one");
         assert_eq!(std::fs::read(&b).unwrap(), b"two");
         assert_eq!(b.file_name().unwrap(), "m-1.hl7");

@@ -8,13 +8,17 @@
 //! is sent on a new one at once.
 //! `https://` URLs go over rustls with the CA named in `tls`, as MLLP destinations do.
 
+use std::collections::VecDeque;
+use std::pin::Pin;
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use courier_hl7::{Message, ParseOptions};
 use courier_mllp::ClientTls;
-use http_body_util::{BodyExt, Full, Limited};
+use http_body_util::{BodyExt, Limited};
 use hyper::Request;
+use hyper::body::{Frame, SizeHint};
 use hyper::client::conn::http1::SendRequest;
 use hyper::header::{HeaderName, HeaderValue};
 use hyper_util::rt::TokioIo;
@@ -87,25 +91,75 @@ pub fn parse_url(url: &str) -> Result<ParsedUrl, String> {
     })
 }
 
-/// The body for a stored message in `format`. The payload is what the engine stored, so it
-/// parses; should it not, the delivery cannot succeed and is refused.
-pub fn encode(payload: &Bytes, format: PayloadFormat) -> Result<Bytes, String> {
+/// The body for a stored message in `format`, as pieces to send one after the other. The
+/// payload is what the engine stored, so it parses; should it not, the delivery cannot
+/// succeed and is refused.
+pub fn encode(payload: Bytes, format: PayloadFormat) -> Result<Body, String> {
     match format {
-        PayloadFormat::Er7 => Ok(payload.clone()),
+        PayloadFormat::Er7 => Ok(Body::from(vec![payload])),
         PayloadFormat::Json => {
             let opts = ParseOptions {
                 line_endings: courier_hl7::LineEndings::Lenient,
                 ..ParseOptions::default()
             };
-            let msg = Message::parse_with(payload.clone(), &opts)
+            let msg = Message::parse_with(payload, &opts)
                 .map_err(|e| format!("cannot convert the message to JSON: {e}"))?;
-            // Written straight from the message (no `Value` tree in between) into room for
-            // the message and its keys: a 1 MiB report is then one 1 MiB copy, not three.
-            let mut body = Vec::with_capacity(payload.len() + payload.len() / 4 + 256);
-            courier_hl7::write_json(&msg, &mut body);
-            body.push(b'\n');
-            Ok(Bytes::from(body))
+            // Written straight from the message (no `Value` tree in between), with long
+            // values (a 1 MiB report) sent from the payload's own buffer: the body costs the
+            // keys and punctuation, not a second copy of the message.
+            let mut pieces = courier_hl7::json_pieces(&msg);
+            pieces.push(Bytes::from_static(b"\n"));
+            Ok(Body::from(pieces))
         }
+    }
+}
+
+/// A message body as the pieces it was made of, sent one after the other with its length
+/// known up front (`Content-Length`). http-body-util's `Full` takes one buffer; joining the
+/// pieces into one would copy what they share with the stored payload.
+#[derive(Debug, Clone, Default)]
+pub struct Body {
+    pieces: VecDeque<Bytes>,
+    len: u64,
+}
+
+impl From<Vec<Bytes>> for Body {
+    fn from(pieces: Vec<Bytes>) -> Body {
+        let len = pieces.iter().map(|p| p.len() as u64).sum();
+        Body {
+            pieces: pieces.into_iter().filter(|p| !p.is_empty()).collect(),
+            len,
+        }
+    }
+}
+
+impl Body {
+    /// The pieces, in order.
+    pub fn pieces(&self) -> impl Iterator<Item = &Bytes> {
+        self.pieces.iter()
+    }
+}
+
+impl hyper::body::Body for Body {
+    type Data = Bytes;
+    type Error = std::convert::Infallible;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        _cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        Poll::Ready(self.pieces.pop_front().map(|piece| {
+            self.len -= piece.len() as u64;
+            Ok(Frame::data(piece))
+        }))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.pieces.is_empty()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        SizeHint::with_exact(self.len)
     }
 }
 
@@ -125,7 +179,7 @@ pub struct HttpSink {
 /// An open HTTP/1.1 connection: the handle that sends on it and the task that drives it.
 #[derive(Debug)]
 struct Connection {
-    sender: SendRequest<Full<Bytes>>,
+    sender: SendRequest<Body>,
     driver: tokio::task::JoinHandle<()>,
     /// When its last response was read.
     idle_since: Instant,
@@ -181,7 +235,7 @@ impl HttpSink {
         control_id: &str,
         timeout: Duration,
     ) -> Attempt {
-        let body = match encode(&payload, self.format) {
+        let body = match encode(payload, self.format) {
             Ok(b) => b,
             Err(reason) => {
                 return Attempt::Rejected {
@@ -190,7 +244,6 @@ impl HttpSink {
                 };
             }
         };
-        drop(payload);
         let (status, kept) = match tokio::time::timeout(timeout, self.post(body, control_id)).await
         {
             Ok(Ok(r)) => r,
@@ -227,7 +280,7 @@ impl HttpSink {
     /// closed it, or it was found closed before the request went out.
     async fn post(
         &mut self,
-        body: Bytes,
+        body: Body,
         control_id: &str,
     ) -> Result<(hyper::StatusCode, Bytes), String> {
         let mut request = self.request(body, control_id)?;
@@ -287,7 +340,7 @@ impl HttpSink {
     }
 
     /// The POST for one message.
-    fn request(&self, body: Bytes, control_id: &str) -> Result<Request<Full<Bytes>>, String> {
+    fn request(&self, body: Body, control_id: &str) -> Result<Request<Body>, String> {
         let mut request = Request::post(self.url.path_and_query.as_str())
             .header(hyper::header::HOST, self.url.authority.as_str())
             .header(
@@ -302,7 +355,7 @@ impl HttpSink {
             request = request.header("x-hl7-control-id", v);
         }
         let mut request = request
-            .body(Full::new(body))
+            .body(body)
             .map_err(|e| format!("cannot build the request: {e}"))?;
         for (k, v) in &self.headers {
             request.headers_mut().insert(k.clone(), v.clone());
