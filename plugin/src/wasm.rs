@@ -7,8 +7,10 @@
 //! (`InstancePre`). Each message then gets a fresh store and instance with a CPU deadline and
 //! a memory cap ([`WasmLimits`]), and nothing of the store outlives the call.
 //!
-//! The message crosses as its ER7 bytes (see `docs/plugins.md` for why): copied in once,
-//! parsed by the guest with the same `courier-hl7` code, and copied back only when changed.
+//! The message crosses as its ER7 bytes (see `docs/plugins.md` for why): copied in once and
+//! parsed by the guest with the same `courier-hl7` code. Only a change comes back: a
+//! `transform-pieces` answer names the runs of the input it kept and carries the bytes it
+//! wrote; a `transform` built for 0.1.0 sends the whole changed message.
 //!
 //! Submodules: `bindings` (generated from the WIT), `sandbox` (store data, WASI context,
 //! limiter, output capture), `cache` (compiled artefacts on disk).
@@ -450,6 +452,8 @@ struct MessageIn<'a> {
 type TransformResult = (Result<transform::courier::plugin::types::Outcome, String>,);
 /// What `transform-pieces` returns.
 type PiecesResult = (Result<pieces::courier::plugin::types::PiecesOutcome, String>,);
+/// What `filter` returns.
+type FilterResult = (Result<filter::courier::plugin::types::Verdict, String>,);
 
 /// What a call answered, before a changed message is read from it.
 enum Answer {
@@ -460,8 +464,6 @@ enum Answer {
     /// The changed message as runs of the input and new bytes (`transform-pieces-step`).
     Pieces(Vec<pieces::courier::plugin::types::Piece>),
 }
-/// What `filter` returns.
-type FilterResult = (Result<filter::courier::plugin::types::Verdict, String>,);
 
 /// An instance kept between messages ([`WasmLimits::reuse_instance`]) with its store.
 struct Warm {
