@@ -26,7 +26,7 @@ use std::sync::{Mutex, PoisonError, mpsc};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use courier_hl7::Message;
+use courier_hl7::{Message, Span};
 use sha2::{Digest, Sha256};
 use wasmtime::component::{Component, ComponentType, Func, HasSelf, Linker, Lower};
 use wasmtime::{
@@ -874,12 +874,30 @@ impl WasmPlugin {
             Answer::Keep => return (Ok(Outcome::Keep), None),
             Answer::Drop(reason) => return (Ok(Outcome::Drop { reason }), None),
             Answer::Whole(bytes) => bytes,
-            Answer::Pieces(pieces) => match join(&pieces, &input, self.limits.memory) {
-                Ok(bytes) => bytes,
-                Err(message) => {
-                    return (Err(self.error(StepErrorKind::BadOutput, message)), None);
+            Answer::Pieces(pieces) => {
+                let (spans, len) = match spans_of(pieces, input.len(), self.limits.memory) {
+                    Ok(spans) => spans,
+                    Err(message) => {
+                        return (Err(self.error(StepErrorKind::BadOutput, message)), None);
+                    }
+                };
+                // A large answer is built over the input's buffer, never joined: the message
+                // costs the segments the plugin wrote. Shapes `splice` does not build are
+                // joined and parsed below, which gives the same message or names the error.
+                if len >= courier_hl7::LARGE_MESSAGE {
+                    let out = if msg.is_modified() {
+                        Message::parse_with(input.clone(), msg.options())
+                            .ok()
+                            .and_then(|base| base.splice(&spans))
+                    } else {
+                        msg.splice(&spans)
+                    };
+                    if let Some(out) = out {
+                        return (Ok(Outcome::Keep), Some(out));
+                    }
                 }
-            },
+                join(&spans, &input)
+            }
         };
         drop(input);
         match Message::parse_with(bytes, msg.options()) {
@@ -1038,47 +1056,53 @@ fn emit(plugin: &WasmPlugin, ctx: &StepContext, line: &LogLine) {
     }
 }
 
-/// The bytes a `transform-pieces` answer makes, its `kept` spans read from `input`. Refused
-/// when a span reaches past the end of `input`, or when they add up to more than `limit` (the
-/// plugin's memory cap: a plugin could not have returned more as whole bytes).
-fn join(
-    pieces: &[pieces::courier::plugin::types::Piece],
-    input: &[u8],
+/// A `transform-pieces` answer as spans of the input (`input_len` bytes) and written bytes,
+/// and the length of the message they make. Refused when a span reaches past the end of the
+/// input, or when they add up to more than `limit` (the plugin's memory cap: a plugin could
+/// not have returned more as whole bytes).
+fn spans_of(
+    pieces: Vec<pieces::courier::plugin::types::Piece>,
+    input_len: usize,
     limit: u64,
-) -> Result<Vec<u8>, String> {
-    use pieces::courier::plugin::types::{Piece, Span};
+) -> Result<(Vec<Span>, usize), String> {
+    use pieces::courier::plugin::types::Piece;
     let mut total: u64 = 0;
+    let mut spans = Vec::with_capacity(pieces.len());
     for piece in pieces {
-        total += match piece {
-            Piece::Kept(Span { start, len }) => {
-                let end = u64::from(*start) + u64::from(*len);
-                if end > input.len() as u64 {
+        let span = match piece {
+            Piece::Kept(kept) => {
+                let end = u64::from(kept.start) + u64::from(kept.len);
+                if end > input_len as u64 {
                     return Err(format!(
-                        "the plugin kept bytes {start}..{end} of a message of {} bytes",
-                        input.len()
+                        "the plugin kept bytes {}..{end} of a message of {input_len} bytes",
+                        kept.start
                     ));
                 }
-                u64::from(*len)
+                Span::Kept(kept.start as usize..end as usize)
             }
-            Piece::Written(bytes) => bytes.len() as u64,
+            Piece::Written(bytes) => Span::Written(bytes),
         };
+        total += span.len() as u64;
+        if total > limit {
+            return Err(format!(
+                "the plugin's pieces make a message of more than its memory limit of {limit} bytes"
+            ));
+        }
+        spans.push(span);
     }
-    if total > limit {
-        return Err(format!(
-            "the plugin's pieces make a message of {total} bytes, more than its memory limit of {limit} bytes"
-        ));
-    }
-    let mut out = Vec::with_capacity(usize::try_from(total).unwrap_or_default());
-    for piece in pieces {
-        match piece {
-            Piece::Kept(Span { start, len }) => {
-                let start = *start as usize;
-                out.extend_from_slice(&input[start..start + *len as usize]);
-            }
-            Piece::Written(bytes) => out.extend_from_slice(bytes),
+    Ok((spans, total as usize))
+}
+
+/// The bytes `spans` make, kept ones read from `input`.
+fn join(spans: &[Span], input: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(spans.iter().map(Span::len).sum());
+    for span in spans {
+        match span {
+            Span::Kept(r) => out.extend_from_slice(&input[r.clone()]),
+            Span::Written(b) => out.extend_from_slice(b),
         }
     }
-    Ok(out)
+    out
 }
 
 /// The call's log lines, stdout and stderr as [`LogLine`]s (not yet redacted: the caller

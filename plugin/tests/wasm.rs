@@ -14,7 +14,7 @@ use std::process::Command;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
-use courier_hl7::Message;
+use courier_hl7::{Message, Span};
 use courier_plugin::wasm::{
     DirGrant, Grants, LoadError, LogSource, PluginKind, WasmLimits, WasmPlugin, WasmRuntime,
     WasmRuntimeConfig,
@@ -706,6 +706,35 @@ fn a_large_message_changed_in_a_few_fields_shares_the_buffer_it_came_in() {
     assert_eq!(plugin.run(&mut expected, &c), Ok(Outcome::Keep));
     assert_eq!(msg.encode(), expected.encode());
     assert!(shares_the_report(&msg, &input), "{:?}", msg.pieces().len());
+
+    // Edited on the host before the step (a script step before it, say): the plugin is given
+    // the edited message's bytes, and what it keeps of them is shared with those.
+    let mut msg = large_oru();
+    msg.set(&courier_hl7::Path::parse("MSH-3").unwrap(), "EDITED")
+        .unwrap();
+    let input = msg.encode();
+    let mut expected = Message::parse_with(input.clone(), msg.options()).unwrap();
+    assert_eq!(plugin.run(&mut msg, &c), Ok(Outcome::Keep));
+    assert_eq!(plugin.run(&mut expected, &c), Ok(Outcome::Keep));
+    assert_eq!(msg.encode(), expected.encode());
+    assert_eq!(get(&msg, "MSH-3"), "EDITED");
+    // (Each encode of an edited message is a new buffer, so the host's is not `input`.)
+    let spans = msg.spans();
+    assert!(
+        spans
+            .iter()
+            .any(|s| matches!(s, Span::Kept(r) if r.len() >= 1 << 20)),
+        "the report is not kept"
+    );
+    assert!(
+        spans
+            .iter()
+            .filter(|s| matches!(s, Span::Written(_)))
+            .map(Span::len)
+            .sum::<usize>()
+            < 64 << 10,
+        "the report was copied"
+    );
 
     // Small messages come back whole, as before.
     let mut small = sample("oru_r01_results.hl7");

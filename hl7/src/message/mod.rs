@@ -497,6 +497,166 @@ impl Message {
         }
     }
 
+    /// The message whose bytes are `spans` one after the other (`Kept` ranges read from this
+    /// message's buffer), as parsing those bytes joined would give it, but built without
+    /// joining them: every segment kept whole points into this message's buffer, and only
+    /// the written segments are bytes of its own. This is how the engine reads a plugin's
+    /// answer for a large message (the plugin's side makes it with [`Message::spans`]), so
+    /// that the message is never copied back whole.
+    ///
+    /// `None` when the spans are not in the shape this builds directly, and the caller joins
+    /// and parses them instead, which gives the same message or the parse error: this message
+    /// edited since parsing; a range outside its buffer, or one that does not start and end
+    /// at a segment's or a terminator's edge; a segment made of both kept and written bytes;
+    /// written line endings other than a lone `\r`; an MSH that is not first, or written with
+    /// other delimiters or character set; written segments that do not parse; more segments
+    /// than the parse options allow.
+    pub fn splice(&self, spans: &[Span]) -> Option<Message> {
+        /// A segment's body in the answer: one of this message's, or written.
+        enum Part {
+            Kept(usize),
+            Written(Vec<u8>),
+        }
+        if self.modified {
+            return None;
+        }
+        let len = self.source.len();
+        let mut parts: Vec<(Part, Term)> = Vec::new();
+        let mut body: Option<Part> = None;
+        for span in spans {
+            match span {
+                Span::Kept(r) => {
+                    if r.start > r.end || r.end > len {
+                        return None;
+                    }
+                    let mut at = r.start;
+                    while at < r.end {
+                        // The segment whose body starts at `at`, or whose body `at` is in.
+                        let k = self
+                            .segs
+                            .partition_point(|seg| match seg.body {
+                                Body::Source { start, .. } => start as usize <= at,
+                                Body::Owned(_) => false,
+                            })
+                            .checked_sub(1)?;
+                        let (Body::Source { start, end, .. }, Term::Source { end: term_end, .. }) =
+                            (&self.segs[k].body, self.segs[k].term)
+                        else {
+                            return None;
+                        };
+                        let (start, end, term_end) =
+                            (*start as usize, *end as usize, term_end as usize);
+                        if at == start {
+                            if body.is_some() || r.end < end {
+                                return None;
+                            }
+                            body = Some(Part::Kept(k));
+                            at = end;
+                            if at == r.end {
+                                break;
+                            }
+                        }
+                        // What follows a body is its terminator (with any blank lines).
+                        if at != end || end == term_end || r.end < term_end {
+                            return None;
+                        }
+                        let done = body.take()?;
+                        parts.push((
+                            done,
+                            Term::Source {
+                                start: end as u32,
+                                end: term_end as u32,
+                            },
+                        ));
+                        at = term_end;
+                    }
+                }
+                Span::Written(bytes) => {
+                    for chunk in bytes.split_inclusive(|&b| b == b'\r') {
+                        let (text, cr) = match chunk.strip_suffix(b"\r") {
+                            Some(text) => (text, true),
+                            None => (chunk, false),
+                        };
+                        if text.contains(&b'\n') {
+                            return None;
+                        }
+                        if !text.is_empty() {
+                            match &mut body {
+                                None => body = Some(Part::Written(text.to_vec())),
+                                Some(Part::Written(b)) => b.extend_from_slice(text),
+                                Some(Part::Kept(_)) => return None,
+                            }
+                        }
+                        if cr {
+                            // A `\r` without a body before it is a blank line.
+                            parts.push((body.take()?, Term::Cr));
+                        }
+                    }
+                }
+            }
+        }
+        if let Some(last) = body {
+            // A last segment without terminator.
+            parts.push((last, Term::Source { start: 0, end: 0 }));
+        }
+        let msh_written = match parts.first() {
+            Some((Part::Kept(0), _)) => false,
+            Some((Part::Written(_), _)) => true,
+            _ => return None,
+        };
+        if parts.len() > self.options.max_segments
+            || parts
+                .iter()
+                .skip(1)
+                .any(|(p, _)| matches!(p, Part::Kept(0)))
+        {
+            return None;
+        }
+        // The written segments behind an MSH, parsed as they would be in the joined bytes:
+        // the same checks (segment IDs, field counts, character set, no second MSH) and
+        // their field separators.
+        let mut check = Vec::new();
+        if !msh_written {
+            check.extend_from_slice(self.seg_parts(0)?.0);
+            check.push(b'\r');
+        }
+        for (part, _) in &parts {
+            if let Part::Written(b) = part {
+                check.extend_from_slice(b);
+                check.push(b'\r');
+            }
+        }
+        let checked = Message::parse_with(check, &self.options).ok()?;
+        if checked.delims != self.delims || checked.charset != self.charset {
+            return None;
+        }
+        let mut written = (usize::from(!msh_written)..checked.segs.len())
+            .map(|i| checked.seg_parts(i).map(|(_, seps)| seps.to_vec()));
+        let mut segs = Vec::with_capacity(parts.len());
+        for (part, term) in parts {
+            let body = match part {
+                Part::Kept(k) => self.segs[k].body.clone(),
+                Part::Written(bytes) => Body::Owned(Box::new(OwnedSeg {
+                    bytes,
+                    seps: written.next()??,
+                })),
+            };
+            segs.push(Seg { body, term });
+        }
+        if written.next().is_some() {
+            return None;
+        }
+        Some(Message {
+            source: self.source.clone(),
+            delims: self.delims,
+            charset: self.charset,
+            options: self.options,
+            segs,
+            seps: self.seps.clone(),
+            modified: true,
+        })
+    }
+
     /// The buffer the message was parsed from.
     pub(crate) fn source(&self) -> &Bytes {
         &self.source
@@ -599,6 +759,21 @@ pub enum Span {
     Kept(Range<usize>),
     /// Bytes edits wrote.
     Written(Vec<u8>),
+}
+
+impl Span {
+    /// How many bytes of the message this part is.
+    pub fn len(&self) -> usize {
+        match self {
+            Span::Kept(range) => range.len(),
+            Span::Written(bytes) => bytes.len(),
+        }
+    }
+
+    /// Whether it is no bytes at all.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
 }
 
 /// Gathers [`Message::spans`]: runs of the original buffer, and new bytes in between.

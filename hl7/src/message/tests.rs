@@ -1397,3 +1397,258 @@ fn share_unchanged_keeps_a_message_with_other_delimiters() {
     assert_eq!(shared.encode(), before);
     assert!(!shared.is_modified());
 }
+
+/// The bytes `spans` make, kept ranges read from `base`.
+fn joined_spans(base: &[u8], spans: &[Span]) -> Vec<u8> {
+    let mut out = Vec::new();
+    for span in spans {
+        match span {
+            Span::Kept(r) => out.extend_from_slice(&base[r.clone()]),
+            Span::Written(b) => out.extend_from_slice(b),
+        }
+    }
+    out
+}
+
+/// Whether two messages have the same segments, field by field, and the same bytes.
+fn same_message(a: &Message, b: &Message) -> bool {
+    a.encode() == b.encode()
+        && a.segment_count() == b.segment_count()
+        && a.delimiters() == b.delimiters()
+        && a.charset() == b.charset()
+        && a.segments().zip(b.segments()).all(|(x, y)| {
+            x.raw() == y.raw()
+                && x.field_count() == y.field_count()
+                && (1..=x.field_count())
+                    .all(|n| x.field(n).map(|f| f.raw()) == y.field(n).map(|f| f.raw()))
+        })
+}
+
+#[test]
+fn splice_builds_what_the_spans_say_over_the_buffer() {
+    let opts = ParseOptions::lenient();
+    for (name, text) in PIECES_TEXT {
+        let base = Message::parse_with(text.as_bytes().to_vec(), &opts).unwrap();
+        for (edit, m) in edited(text, &opts) {
+            let spans = m.spans();
+            let out = base
+                .splice(&spans)
+                .unwrap_or_else(|| panic!("{name}: {edit}: not built directly"));
+            let joined = joined_spans(text.as_bytes(), &spans);
+            let parsed = Message::parse_with(joined, &opts).unwrap();
+            assert!(same_message(&out, &parsed), "{name}: {edit}");
+            assert!(same_message(&out, &m), "{name}: {edit}");
+            // Shared as the edited message was: the same runs of the buffer, the same writes.
+            assert_eq!(out.spans(), spans, "{name}: {edit}");
+            assert!(
+                out.pieces()
+                    .iter()
+                    .zip(&spans)
+                    .all(|(p, s)| !matches!(s, Span::Kept(_)) || points_into(p, &base.encode())),
+                "{name}: {edit}"
+            );
+            // Later edits work on it as on the parsed message.
+            let (mut a, mut b) = (out.clone(), parsed.clone());
+            for m in [&mut a, &mut b] {
+                m.set(&p("OBX[1]-5"), "later").unwrap();
+                m.append_segment("ZZZ|later").unwrap();
+            }
+            assert!(same_message(&a, &b), "{name}: {edit}: later edits");
+        }
+        // The whole buffer kept is the message itself.
+        let whole = base.splice(&[Span::Kept(0..text.len())]).unwrap();
+        assert!(same_message(&whole, &base), "{name}");
+    }
+}
+
+#[test]
+fn splice_leaves_other_shapes_to_a_parse() {
+    let text = "MSH|^~\\&|A|B|C|D|20260101||ORU^R01|1|P|2.5.1\rPID|1||100^^^H^MR||Doe^Jane\rOBX|1|TX|A||one\r";
+    let base = Message::parse(text.as_bytes().to_vec()).unwrap();
+    let len = text.len();
+    let msh_end = text.find('\r').unwrap();
+    let pid = msh_end + 1;
+    let w = |s: &str| Span::Written(s.as_bytes().to_vec());
+    let cases: Vec<(&str, Vec<Span>)> = vec![
+        ("a range past the end", vec![Span::Kept(0..len + 1)]),
+        (
+            "a range starting inside a segment",
+            vec![w("MSH"), Span::Kept(3..len)],
+        ),
+        (
+            "a range ending inside a segment",
+            vec![Span::Kept(0..5), w("|rest\r")],
+        ),
+        (
+            "a kept body continued by written bytes",
+            vec![Span::Kept(0..msh_end), w("|X\r"), Span::Kept(pid..len)],
+        ),
+        (
+            "written bytes continued by a kept body",
+            vec![Span::Kept(0..pid), w("ZZZ|"), Span::Kept(pid..len)],
+        ),
+        (
+            "a blank line written",
+            vec![Span::Kept(0..pid), w("\r"), Span::Kept(pid..len)],
+        ),
+        (
+            "a line feed written",
+            vec![Span::Kept(0..pid), w("ZZZ|1\n"), Span::Kept(pid..len)],
+        ),
+        (
+            "an MSH with other delimiters",
+            vec![
+                w("MSH#^~\\&#A#B#C#D#20260101##ORU^R01#1#P#2.5.1"),
+                Span::Kept(msh_end..len),
+            ],
+        ),
+        (
+            "an MSH with another character set",
+            vec![
+                w("MSH|^~\\&|A|B|C|D|20260101||ORU^R01|1|P|2.5.1||||||8859/1"),
+                Span::Kept(msh_end..len),
+            ],
+        ),
+        ("the MSH not first", vec![w("PID|1\r"), Span::Kept(0..len)]),
+        (
+            "a second MSH",
+            vec![
+                Span::Kept(0..len),
+                w("MSH|^~\\&|A|B|C|D|1||ADT^A04|2|P|2.5\r"),
+            ],
+        ),
+        (
+            "the MSH twice",
+            vec![Span::Kept(0..len), Span::Kept(0..pid)],
+        ),
+        (
+            "a bad segment ID written",
+            vec![Span::Kept(0..pid), w("P!D|1\r")],
+        ),
+        ("nothing", vec![]),
+    ];
+    for (name, spans) in &cases {
+        assert!(base.splice(spans).is_none(), "{name}");
+    }
+    // Over the segment limit: left to the parse, which names it.
+    let limited = ParseOptions {
+        max_segments: 3,
+        ..ParseOptions::default()
+    };
+    let base3 = Message::parse_with(text.as_bytes().to_vec(), &limited).unwrap();
+    assert!(base3.splice(&[Span::Kept(0..len), w("ZZZ|4\r")]).is_none());
+    // An edited message is not a buffer the ranges can be read from.
+    let mut edited = base.clone();
+    edited.set(&p("PID-3.1"), "7").unwrap();
+    assert!(edited.splice(&[Span::Kept(0..len)]).is_none());
+}
+
+#[test]
+fn splice_agrees_with_parsing_the_joined_bytes() {
+    // Pseudo-random answers, cut anywhere or at segment edges, with written bytes of every
+    // kind in between: whatever splice builds must be what parsing the joined bytes gives.
+    let text = "MSH|^~\\&|A|B|C|D|20260101||ORU^R01|1|P|2.5.1\r\nPID|1||100^^^H^MR||Doe^Jane\r\n\r\nOBR|1\rOBX|1|TX|A||one\r\nNTE|1||end";
+    let opts = ParseOptions::lenient();
+    let base = Message::parse_with(text.as_bytes().to_vec(), &opts).unwrap();
+    let edges: Vec<usize> = (0..=text.len())
+        .filter(|&i| i == 0 || i == text.len() || matches!(text.as_bytes()[i - 1], b'\r' | b'\n'))
+        .chain(text.match_indices(['\r', '\n']).map(|(i, _)| i))
+        .collect();
+    let writes = [
+        "\r",
+        "ZZZ|x\r",
+        "PID|9",
+        "|y",
+        "\n",
+        "\r\r",
+        "MSH|^~\\&|A|B|C|D|1||ADT^A04|2|P|2.5.1\r",
+        "P!D|1\r",
+    ];
+    let mut seed: u64 = 0x9E37_79B9_7F4A_7C15;
+    let mut next = |n: usize| {
+        seed = seed
+            .wrapping_mul(6_364_136_223_846_793_005)
+            .wrapping_add(1_442_695_040_888_963_407);
+        (seed >> 33) as usize % n
+    };
+    // Segments: body and terminator (with blank lines), in order.
+    let bytes = text.as_bytes();
+    let mut segments = Vec::new();
+    let mut at = 0;
+    while at < bytes.len() {
+        let body_end = (at..bytes.len())
+            .find(|&i| matches!(bytes[i], b'\r' | b'\n'))
+            .unwrap_or(bytes.len());
+        let term_end = (body_end..bytes.len())
+            .find(|&i| !matches!(bytes[i], b'\r' | b'\n'))
+            .unwrap_or(bytes.len());
+        segments.push((at..body_end, body_end..term_end));
+        at = term_end;
+    }
+    let keep = |spans: &mut Vec<Span>, r: Range<usize>| match spans.last_mut() {
+        Some(Span::Kept(k)) if k.end == r.start => k.end = r.end,
+        _ if r.is_empty() => {}
+        _ => spans.push(Span::Kept(r)),
+    };
+    let (mut built, mut agreed) = (0, 0);
+    for round in 0..4000 {
+        let mut spans = Vec::new();
+        if round % 4 != 0 {
+            // Shaped like an edit: each segment kept, dropped, rewritten (its terminator kept)
+            // or preceded by a new one; now and then only its body kept, or something odd
+            // written.
+            for (body, term) in &segments {
+                match next(20) {
+                    0 | 1 => {}
+                    2 | 3 => {
+                        spans.push(Span::Written(b"PID|9".to_vec()));
+                        keep(&mut spans, term.clone());
+                    }
+                    4 | 5 => {
+                        spans.push(Span::Written(b"ZZZ|x\r".to_vec()));
+                        keep(&mut spans, body.start..term.end);
+                    }
+                    6 => keep(&mut spans, body.clone()),
+                    7 => spans.push(Span::Written(
+                        writes[next(writes.len())].as_bytes().to_vec(),
+                    )),
+                    _ => keep(&mut spans, body.start..term.end),
+                }
+            }
+        } else {
+            // Cut anywhere, or at line ends.
+            for _ in 0..1 + next(5) {
+                if next(3) == 0 {
+                    spans.push(Span::Written(
+                        writes[next(writes.len())].as_bytes().to_vec(),
+                    ));
+                } else {
+                    let pick = |r: usize| {
+                        if r.is_multiple_of(4) {
+                            r % (text.len() + 1)
+                        } else {
+                            edges[r % edges.len()]
+                        }
+                    };
+                    let (a, b) = (pick(next(1 << 20)), pick(next(1 << 20)));
+                    spans.push(Span::Kept(a.min(b)..a.max(b)));
+                }
+            }
+        }
+        let joined = joined_spans(text.as_bytes(), &spans);
+        let parsed = Message::parse_with(joined.clone(), &opts);
+        if let Some(out) = base.splice(&spans) {
+            built += 1;
+            let parsed = parsed.unwrap_or_else(|e| panic!("{spans:?}: built, but {e}"));
+            assert!(same_message(&out, &parsed), "{spans:?}");
+            assert_eq!(&out.encode()[..], &joined[..], "{spans:?}");
+        } else if parsed.is_ok() {
+            agreed += 1;
+        }
+    }
+    // Both sides of the test are exercised.
+    assert!(
+        built > 1000 && agreed > 20,
+        "built {built}, left to the parse {agreed}"
+    );
+}
