@@ -995,12 +995,8 @@ impl Pipeline {
         }
     }
 
-    fn wake(version: &Version, processed: &Processed) {
-        for (_, d, _, _) in &processed.copies {
-            if let DestOut::Durable(wake) = &version.dests[*d].out {
-                wake.queued();
-            }
-        }
+    fn wake(version: &Arc<Version>, processed: &Processed) {
+        drop(WakeOnDrop::new(version, processed));
     }
 
     /// Processes what a previous run journaled but never processed.
@@ -1051,6 +1047,37 @@ impl Pipeline {
             store.complete_processing(m.id, processing).await?;
         }
         Ok(())
+    }
+}
+
+/// The destinations a stored message was queued for, woken when this is dropped. The intake
+/// keeps it until its own copies of the message and of the frame it was read from are gone,
+/// so that a large message's received buffer is freed before its deliveries read their
+/// copies back from the store rather than beside them (with a 1 MiB report, the difference
+/// between the frame's buffer being freed before the claims or 1.4 MiB more at their peak
+/// was a race).
+#[must_use = "dropping it wakes the destinations"]
+struct WakeOnDrop {
+    version: Arc<Version>,
+    dests: Vec<usize>,
+}
+
+impl WakeOnDrop {
+    fn new(version: &Arc<Version>, processed: &Processed) -> WakeOnDrop {
+        WakeOnDrop {
+            version: version.clone(),
+            dests: processed.copies.iter().map(|(_, d, _, _)| *d).collect(),
+        }
+    }
+}
+
+impl Drop for WakeOnDrop {
+    fn drop(&mut self) {
+        for d in &self.dests {
+            if let DestOut::Durable(wake) = &self.version.dests[*d].out {
+                wake.queued();
+            }
+        }
     }
 }
 
@@ -1182,7 +1209,10 @@ impl Intake {
         if set.mllp_release == 2 {
             return Some(self.commit(set, frame, peer).instrument(span).await);
         }
-        async {
+        async move {
+            // Declared first, so dropped last: after the message and the frame (below).
+            let mut _wake = None;
+            let frame = frame;
             let msg = match self.parse(set, &frame) {
                 Ok(m) => m,
                 Err(err) => {
@@ -1205,8 +1235,11 @@ impl Intake {
             let env = Envelope::of(&msg);
             let (answer, stored, decided) = match &self.pipeline.output {
                 Output::Durable { store, .. } => {
-                    self.process_durable(set, store, &msg, &env, peer, AckStyle::Hl7)
-                        .await
+                    let (answer, stored, decided, woken) = self
+                        .process_durable(set, store, &msg, &env, peer, AckStyle::Hl7)
+                        .await;
+                    _wake = woken;
+                    (answer, stored, decided)
                 }
                 Output::Memory => (self.process_memory(set, &msg, &env).await, None, None),
             };
@@ -1292,9 +1325,10 @@ impl Intake {
         };
         let control_id = msg.control_id().unwrap_or_default();
         let env = Envelope::of(&msg);
-        let (answer, stored, decided) = self
+        let (answer, stored, decided, wake) = self
             .process_durable(set, store, &msg, &env, peer, AckStyle::Commit)
             .await;
+        drop(wake);
         let elapsed_us = started.elapsed().as_micros() as u64;
         let reply = match (&answer, &stored) {
             (Answer::Refused(_, err), None) => {
@@ -1409,7 +1443,7 @@ impl Intake {
         env: &Envelope,
         peer: &PeerInfo,
         style: AckStyle,
-    ) -> (Answer, Stored, Decided) {
+    ) -> (Answer, Stored, Decided, Option<WakeOnDrop>) {
         let control_id = msg.control_id().unwrap_or_default();
         let msh = |n: usize| msg.get(&Path::new("MSH").with_field(n)).unwrap_or_default();
         let (sending_application, sending_facility) = (msh(3), msh(4));
@@ -1423,11 +1457,11 @@ impl Intake {
             {
                 Ok(Some(dup)) => {
                     if let Some(ack) = dup.ack {
-                        return (Answer::Replay(ack), None, None);
+                        return (Answer::Replay(ack), None, None, None);
                     }
                     // The original is stored but was not answered (e.g. a crash before its
                     // ACK): it is being handled already, so accept without a second copy.
-                    return (Answer::Accepted { copies: 0 }, None, None);
+                    return (Answer::Accepted { copies: 0 }, None, None, None);
                 }
                 Ok(None) => {}
                 Err(e) => warn!(error = %e, "duplicate check failed; processing the message"),
@@ -1468,10 +1502,7 @@ impl Intake {
             .journal_processed(message, processed.processing(&version))
             .await
         {
-            Ok(stored) => {
-                Pipeline::wake(&version, &processed);
-                stored
-            }
+            Ok(stored) => stored,
             Err(e) => {
                 error!(error = %e, "cannot store the message; answering AE");
                 return (
@@ -1486,13 +1517,20 @@ impl Intake {
                     ),
                     None,
                     None,
+                    None,
                 );
             }
         };
+        let wake = WakeOnDrop::new(&version, &processed);
+        drop(processed);
         let stored = Some((store.clone(), id));
         match answer {
-            Some(answer) => (answer, stored, decided),
-            None => (self.wait_for_delivery(set, &ids).await, stored, None),
+            Some(answer) => (answer, stored, decided, Some(wake)),
+            None => {
+                // Its deliveries are what it waits for.
+                drop(wake);
+                (self.wait_for_delivery(set, &ids).await, stored, None, None)
+            }
         }
     }
 
