@@ -708,6 +708,68 @@ async fn payloads_in_pieces_are_written_whole() {
     }
 }
 
+#[tokio::test]
+async fn claims_of_equal_large_payloads_share_one_buffer_while_it_is_held() {
+    use courier_store::Payload;
+    let dir = tempfile::tempdir().unwrap();
+    let store: std::sync::Arc<dyn courier_store::Store> = std::sync::Arc::new(open(dir.path()));
+
+    // Two routes whose steps made the same 200 KiB (two step rows, equal bytes), and a
+    // third delivery of the same length that differs in one byte (a row of its own).
+    let body: Vec<u8> = (0..200 * 1024).map(|i| b'A' + (i % 26) as u8).collect();
+    let same = Bytes::from(body.clone());
+    let mut other = body.clone();
+    other[150_000] = b'!';
+    let step = |route: &str| courier_store::StepRecord {
+        route: route.into(),
+        step: "map".into(),
+        kind: "wasm-transform".into(),
+        content_hash: "sha256:cccc".into(),
+        outcome: StepOutcome::Changed(Payload::from(Bytes::copy_from_slice(&body))),
+        reason: None,
+    };
+    let to = |route: &str, dest: &str, payload: Bytes| courier_store::NewDelivery {
+        route: route.into(),
+        payload: payload.into(),
+        ..delivery(dest, "P1", "")
+    };
+    let id = store.journal(message("C1", "P1")).await.unwrap();
+    store
+        .complete_processing(
+            id,
+            Processing {
+                steps: vec![step("chart"), step("portal")],
+                ..processed(vec![
+                    to("chart", "emr", same.clone()),
+                    to("portal", "portal", same.clone()),
+                    to("portal", "archive", same.clone()),
+                    to("chart", "research", Bytes::from(other.clone())),
+                ])
+            },
+        )
+        .await
+        .unwrap();
+
+    let emr = claim(&*store, "emr", DeliveryOrder::Strict, t(1)).await;
+    let portal = claim(&*store, "portal", DeliveryOrder::Strict, t(1)).await;
+    let research = claim(&*store, "research", DeliveryOrder::Strict, t(1)).await;
+    assert!(emr.payload == same && portal.payload == same);
+    assert_eq!(
+        emr.payload.as_ptr(),
+        portal.payload.as_ptr(),
+        "equal bytes from another row, while the first is held: one buffer"
+    );
+    assert!(
+        research.payload[..] == other[..],
+        "one byte differs: its own bytes"
+    );
+    assert_ne!(research.payload.as_ptr(), emr.payload.as_ptr());
+    // Once no delivery holds them, a claim reads its own again, whole and right.
+    drop((emr, portal, research));
+    let archive = claim(&*store, "archive", DeliveryOrder::Strict, t(1)).await;
+    assert!(archive.payload == same);
+}
+
 /// How many deliveries have a payload row of their own.
 fn payload_rows(db: &std::path::Path) -> i64 {
     rusqlite::Connection::open(db)
