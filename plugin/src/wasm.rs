@@ -448,13 +448,6 @@ struct MessageIn<'a> {
     default_charset: &'a str,
 }
 
-/// What `transform` returns.
-type TransformResult = (Result<transform::courier::plugin::types::Outcome, String>,);
-/// What `transform-pieces` returns.
-type PiecesResult = (Result<pieces::courier::plugin::types::PiecesOutcome, String>,);
-/// What `filter` returns.
-type FilterResult = (Result<filter::courier::plugin::types::Verdict, String>,);
-
 /// What a call answered, before a changed message is read from it.
 enum Answer {
     Keep,
@@ -822,44 +815,56 @@ impl WasmPlugin {
         let answer = match &instance {
             Instance::Transform(func) => {
                 use transform::courier::plugin::types::Outcome as Wit;
-                let called = func
-                    .typed::<(MessageIn<'_>,), TransformResult>(&*store)
-                    .and_then(|f| f.call(&mut *store, input));
-                match called {
-                    Err(e) => return (Err(self.trapped(&e, store)), None),
-                    Ok((Err(reason),)) => Err(self.error(StepErrorKind::Failed, reason)),
-                    Ok((Ok(Wit::Drop(reason)),)) => Ok(Answer::Drop(reason)),
-                    Ok((Ok(Wit::Keep(None)),)) => Ok(Answer::Keep),
-                    Ok((Ok(Wit::Keep(Some(bytes))),)) => Ok(Answer::Whole(bytes)),
-                }
+                self.call_export(store, func, input, |outcome| match outcome {
+                    Wit::Drop(reason) => Answer::Drop(reason),
+                    Wit::Keep(None) => Answer::Keep,
+                    Wit::Keep(Some(bytes)) => Answer::Whole(bytes),
+                })
             }
             Instance::Pieces(func) => {
                 use pieces::courier::plugin::types::PiecesOutcome as Wit;
-                let called = func
-                    .typed::<(MessageIn<'_>,), PiecesResult>(&*store)
-                    .and_then(|f| f.call(&mut *store, input));
-                match called {
-                    Err(e) => return (Err(self.trapped(&e, store)), None),
-                    Ok((Err(reason),)) => Err(self.error(StepErrorKind::Failed, reason)),
-                    Ok((Ok(Wit::Drop(reason)),)) => Ok(Answer::Drop(reason)),
-                    Ok((Ok(Wit::Keep(None)),)) => Ok(Answer::Keep),
-                    Ok((Ok(Wit::Keep(Some(pieces))),)) => Ok(Answer::Pieces(pieces)),
-                }
+                self.call_export(store, func, input, |outcome| match outcome {
+                    Wit::Drop(reason) => Answer::Drop(reason),
+                    Wit::Keep(None) => Answer::Keep,
+                    Wit::Keep(Some(pieces)) => Answer::Pieces(pieces),
+                })
             }
             Instance::Filter(func) => {
                 use filter::courier::plugin::types::Verdict;
-                let called = func
-                    .typed::<(MessageIn<'_>,), FilterResult>(&*store)
-                    .and_then(|f| f.call(&mut *store, input));
-                match called {
-                    Err(e) => return (Err(self.trapped(&e, store)), None),
-                    Ok((Err(reason),)) => Err(self.error(StepErrorKind::Failed, reason)),
-                    Ok((Ok(Verdict::Keep),)) => Ok(Answer::Keep),
-                    Ok((Ok(Verdict::Drop(reason)),)) => Ok(Answer::Drop(reason)),
-                }
+                self.call_export(store, func, input, |verdict| match verdict {
+                    Verdict::Keep => Answer::Keep,
+                    Verdict::Drop(reason) => Answer::Drop(reason),
+                })
             }
         };
-        (answer, Some(instance))
+        match answer {
+            // A trap, a timeout or the memory cap: the instance does not serve again.
+            Err(trapped) => (Err(trapped), None),
+            Ok(answer) => (answer, Some(instance)),
+        }
+    }
+
+    /// Calls one of the worlds' exports, `func(message) -> result<T, string>`, and reads `T`
+    /// with `read`. The outer error is a trap (the instance is done); the inner one is the
+    /// plugin's own `error` result.
+    fn call_export<T>(
+        &self,
+        store: &mut Store<HostState>,
+        func: &Func,
+        input: (MessageIn<'_>,),
+        read: impl FnOnce(T) -> Answer,
+    ) -> Result<Result<Answer, StepError>, StepError>
+    where
+        (Result<T, String>,): wasmtime::component::ComponentNamedList + wasmtime::component::Lift,
+    {
+        let called = func
+            .typed::<(MessageIn<'_>,), (Result<T, String>,)>(&*store)
+            .and_then(|f| f.call(&mut *store, input));
+        match called {
+            Err(e) => Err(self.trapped(&e, store)),
+            Ok((Err(reason),)) => Ok(Err(self.error(StepErrorKind::Failed, reason))),
+            Ok((Ok(value),)) => Ok(Ok(read(value))),
+        }
     }
 
     /// The step's result from the plugin's answer, and the changed message if it changed
