@@ -901,7 +901,8 @@ impl WasmPlugin {
                         return (Ok(Outcome::Keep), Some(out));
                     }
                 }
-                join(&spans, &input)
+                // In range: `spans_of` checked every kept span against the input.
+                Span::join(&spans, &input)
             }
         };
         drop(input);
@@ -1096,18 +1097,6 @@ fn spans_of(
         spans.push(span);
     }
     Ok((spans, total as usize))
-}
-
-/// The bytes `spans` make, kept ones read from `input`.
-fn join(spans: &[Span], input: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(spans.iter().map(Span::len).sum());
-    for span in spans {
-        match span {
-            Span::Kept(r) => out.extend_from_slice(&input[r.clone()]),
-            Span::Written(b) => out.extend_from_slice(b),
-        }
-    }
-    out
 }
 
 /// The call's log lines, stdout and stderr as [`LogLine`]s (not yet redacted: the caller

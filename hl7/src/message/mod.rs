@@ -774,6 +774,19 @@ impl Span {
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
+
+    /// The bytes `spans` make one after the other, `Kept` ranges read from `base` (the buffer
+    /// they were taken from). Panics if a range lies outside `base`.
+    pub fn join(spans: &[Span], base: &[u8]) -> Vec<u8> {
+        let mut out = Vec::with_capacity(spans.iter().map(Span::len).sum());
+        for span in spans {
+            match span {
+                Span::Kept(range) => out.extend_from_slice(&base[range.clone()]),
+                Span::Written(bytes) => out.extend_from_slice(bytes),
+            }
+        }
+        out
+    }
 }
 
 /// Gathers [`Message::spans`]: runs of the original buffer, and new bytes in between.

@@ -1291,14 +1291,11 @@ fn pieces_read_as_the_encoded_message() {
             );
             // The same pieces by position: ranges of the text it was parsed from.
             let spans = m.spans();
-            let mut from_spans = Vec::new();
-            for span in &spans {
-                match span {
-                    Span::Kept(r) => from_spans.extend_from_slice(&text.as_bytes()[r.clone()]),
-                    Span::Written(b) => from_spans.extend_from_slice(b),
-                }
-            }
-            assert_eq!(from_spans, &encoded[..], "{name}: {edit}: spans");
+            assert_eq!(
+                Span::join(&spans, text.as_bytes()),
+                &encoded[..],
+                "{name}: {edit}: spans"
+            );
             assert_eq!(spans.len(), m.pieces().len(), "{name}: {edit}");
             assert!(
                 spans
@@ -1398,18 +1395,6 @@ fn share_unchanged_keeps_a_message_with_other_delimiters() {
     assert!(!shared.is_modified());
 }
 
-/// The bytes `spans` make, kept ranges read from `base`.
-fn joined_spans(base: &[u8], spans: &[Span]) -> Vec<u8> {
-    let mut out = Vec::new();
-    for span in spans {
-        match span {
-            Span::Kept(r) => out.extend_from_slice(&base[r.clone()]),
-            Span::Written(b) => out.extend_from_slice(b),
-        }
-    }
-    out
-}
-
 /// Whether two messages have the same segments, field by field, and the same bytes.
 fn same_message(a: &Message, b: &Message) -> bool {
     a.encode() == b.encode()
@@ -1434,7 +1419,7 @@ fn splice_builds_what_the_spans_say_over_the_buffer() {
             let out = base
                 .splice(&spans)
                 .unwrap_or_else(|| panic!("{name}: {edit}: not built directly"));
-            let joined = joined_spans(text.as_bytes(), &spans);
+            let joined = Span::join(&spans, text.as_bytes());
             let parsed = Message::parse_with(joined, &opts).unwrap();
             assert!(same_message(&out, &parsed), "{name}: {edit}");
             assert!(same_message(&out, &m), "{name}: {edit}");
@@ -1635,7 +1620,7 @@ fn splice_agrees_with_parsing_the_joined_bytes() {
                 }
             }
         }
-        let joined = joined_spans(text.as_bytes(), &spans);
+        let joined = Span::join(&spans, text.as_bytes());
         let parsed = Message::parse_with(joined.clone(), &opts);
         if let Some(out) = base.splice(&spans) {
             built += 1;
