@@ -29,8 +29,8 @@ use courier_hl7::{
 };
 use courier_mllp::{Handler, ListenerSettings, PeerInfo};
 use courier_store::{
-    NewDelivery, NewMessage, Payload, Processing, ProcessingStatus, SqliteStore, StepRecord, Store,
-    StoreSettings,
+    Journaled, NewDelivery, NewMessage, Payload, Processing, ProcessingStatus, SqliteStore,
+    StepRecord, Store, StoreSettings,
 };
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
@@ -1447,26 +1447,6 @@ impl Intake {
         let control_id = msg.control_id().unwrap_or_default();
         let msh = |n: usize| msg.get(&Path::new("MSH").with_field(n)).unwrap_or_default();
         let (sending_application, sending_facility) = (msh(3), msh(4));
-        if let Some(window) = set.duplicate_window {
-            let since = SystemTime::now()
-                .checked_sub(window)
-                .unwrap_or(SystemTime::UNIX_EPOCH);
-            match store
-                .find_duplicate(&sending_application, &sending_facility, &control_id, since)
-                .await
-            {
-                Ok(Some(dup)) => {
-                    if let Some(ack) = dup.ack {
-                        return (Answer::Replay(ack), None, None, None);
-                    }
-                    // The original is stored but was not answered (e.g. a crash before its
-                    // ACK): it is being handled already, so accept without a second copy.
-                    return (Answer::Accepted { copies: 0 }, None, None, None);
-                }
-                Ok(None) => {}
-                Err(e) => warn!(error = %e, "duplicate check failed; processing the message"),
-            }
-        }
         let mut message = NewMessage {
             received_at: SystemTime::now(),
             listener: self.listener.to_string(),
@@ -1498,11 +1478,35 @@ impl Intake {
         if set.duplicate_window.is_some() {
             message.ack = decided.clone().flatten();
         }
-        let (id, ids) = match store
-            .journal_processed(message, processed.processing(&version))
-            .await
-        {
-            Ok(stored) => stored,
+        // The duplicate check is part of the write: a resend that arrives while its original
+        // is still being processed is found too, and the intake waits for one store round trip
+        // instead of a read and then a write.
+        let processing = processed.processing(&version);
+        let journaled = match set.duplicate_window {
+            Some(window) => {
+                let since = SystemTime::now()
+                    .checked_sub(window)
+                    .unwrap_or(SystemTime::UNIX_EPOCH);
+                store
+                    .journal_processed_once(message, processing, since)
+                    .await
+            }
+            None => store
+                .journal_processed(message, processing)
+                .await
+                .map(|(id, deliveries)| Journaled::Stored { id, deliveries }),
+        };
+        let (id, ids) = match journaled {
+            Ok(Journaled::Stored { id, deliveries }) => (id, deliveries),
+            Ok(Journaled::Duplicate(original)) => {
+                // Nothing of this copy was written; what its steps made is dropped.
+                return match original.ack {
+                    Some(ack) => (Answer::Replay(ack), None, None, None),
+                    // The original is stored but was not answered (yet, or a crash came before
+                    // its ACK): it is being handled already, so accept without a second copy.
+                    None => (Answer::Accepted { copies: 0 }, None, None, None),
+                };
+            }
             Err(e) => {
                 error!(error = %e, "cannot store the message; answering AE");
                 return (

@@ -60,6 +60,51 @@ fn a_duplicate_gets_the_original_ack_and_is_not_sent_again() {
     assert_eq!(std::fs::read_dir(&out).unwrap().count(), 2);
 }
 
+/// Copies of one message arriving at the same moment on several connections: the duplicate
+/// check is part of the store write, so exactly one is stored and sent, and every copy gets
+/// the stored one's ACK. (With the check as a read before the steps, copies that arrived
+/// within one message's processing time were all stored.)
+#[test]
+fn copies_arriving_together_are_stored_and_sent_once() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("emr");
+    let (_emr, dest) = standin("emr", &out, 0, &[]);
+    let (_engine, addr) = start_engine(
+        tmp.path(),
+        &config(dest, "duplicate_window = \"1h\"", ""),
+        "in",
+    );
+    const COPIES: usize = 6;
+    for round in 0..3 {
+        let control = format!("TWIN{round}");
+        let barrier = std::sync::Arc::new(std::sync::Barrier::new(COPIES));
+        let senders: Vec<_> = (0..COPIES)
+            .map(|_| {
+                let barrier = barrier.clone();
+                let message = adt(&control);
+                std::thread::spawn(move || {
+                    let mut c = Mllp::connect(addr);
+                    barrier.wait();
+                    c.request(&message)
+                })
+            })
+            .collect();
+        let acks: Vec<Vec<u8>> = senders.into_iter().map(|s| s.join().unwrap()).collect();
+        assert_eq!(field(&acks[0], "MSA", 1), "AA");
+        assert!(
+            acks.iter().all(|a| *a == acks[0]),
+            "every copy gets the stored one's ACK"
+        );
+        wait_files(&out, round + 1, Duration::from_secs(20));
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(
+        std::fs::read_dir(&out).unwrap().count(),
+        3,
+        "one delivery per message"
+    );
+}
+
 #[test]
 fn after_delivery_relays_the_destinations_ack() {
     let tmp = tempfile::tempdir().unwrap();

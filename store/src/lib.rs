@@ -31,7 +31,7 @@ pub use sqlite::{SqliteStore, StoreSettings, StoreStats};
 pub use store::Store;
 pub use types::{
     AuditEntry, Claim, ClaimedDelivery, DeliveryCounts, DeliveryDetail, DeliveryId, DeliveryOrder,
-    DeliveryStatus, Duplicate, MessageDetail, MessageId, MessageStatus, MessageSummary,
+    DeliveryStatus, Duplicate, Journaled, MessageDetail, MessageId, MessageStatus, MessageSummary,
     NewDelivery, NewMessage, Payload, Processing, ProcessingStatus, QueueDepth, RecoveredDelivery,
     Search, Settle, Settlement, StepDetail, StepOutcome, StepRecord, StoredMessage, TypeFilter,
     UnknownName,

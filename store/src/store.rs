@@ -15,9 +15,9 @@ use bytes::Bytes;
 
 use crate::error::StoreError;
 use crate::types::{
-    AuditEntry, Claim, ClaimedDelivery, DeliveryId, DeliveryOrder, Duplicate, MessageDetail,
-    MessageId, MessageSummary, NewMessage, Processing, QueueDepth, RecoveredDelivery, Search,
-    Settlement, StoredMessage,
+    AuditEntry, Claim, ClaimedDelivery, DeliveryId, DeliveryOrder, Duplicate, Journaled,
+    MessageDetail, MessageId, MessageSummary, NewMessage, Processing, QueueDepth,
+    RecoveredDelivery, Search, Settlement, StoredMessage,
 };
 
 /// Courier's message store: the durable journal of inbound messages, one durable FIFO queue per
@@ -64,12 +64,26 @@ pub trait Store: Send + Sync + fmt::Debug {
         processing: Processing,
     ) -> Result<(MessageId, Vec<DeliveryId>), StoreError>;
 
+    /// [`journal_processed`](Self::journal_processed), unless a message with the same MSH-3,
+    /// MSH-4 and MSH-10 was received at or after `since` (as
+    /// [`find_duplicate`](Self::find_duplicate) finds it): then nothing is written and that
+    /// message is returned. The check and the write are one atomic unit, so of two copies
+    /// arriving together exactly one is stored, and an intake needs no read of its own before
+    /// it writes.
+    async fn journal_processed_once(
+        &self,
+        message: NewMessage,
+        processing: Processing,
+        since: SystemTime,
+    ) -> Result<Journaled, StoreError>;
+
     /// Records the ACK we sent for a message, for replay to a duplicate.
     async fn record_ack(&self, id: MessageId, ack: Bytes) -> Result<(), StoreError>;
 
     /// The most recent message received at or after `since` with the same MSH-3, MSH-4 and
     /// MSH-10, with the ACK we sent for it. Call it before journaling the new arrival. Two
-    /// copies arriving at the same instant may both find none (the window is best effort).
+    /// copies arriving at the same instant may both find none: an intake that can have
+    /// copies in flight at once uses [`journal_processed_once`](Self::journal_processed_once).
     async fn find_duplicate(
         &self,
         sending_application: &str,

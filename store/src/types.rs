@@ -592,6 +592,21 @@ impl fmt::Debug for Duplicate {
     }
 }
 
+/// What [`Store::journal_processed_once`](crate::Store::journal_processed_once) did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Journaled {
+    /// The message is stored, its deliveries queued (their ids in the order given).
+    Stored {
+        /// The new message.
+        id: MessageId,
+        /// Its deliveries.
+        deliveries: Vec<DeliveryId>,
+    },
+    /// An earlier message had the same (MSH-3, MSH-4, MSH-10) within the window: nothing was
+    /// written.
+    Duplicate(Duplicate),
+}
+
 /// Where a delivery is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum DeliveryStatus {

@@ -27,9 +27,9 @@ use self::writer::{Counters, Writer};
 use crate::error::StoreError;
 use crate::store::Store;
 use crate::types::{
-    AuditEntry, Claim, ClaimedDelivery, DeliveryId, DeliveryOrder, Duplicate, MessageDetail,
-    MessageId, MessageSummary, NewMessage, Processing, QueueDepth, RecoveredDelivery, Search,
-    Settlement, StoredMessage,
+    AuditEntry, Claim, ClaimedDelivery, DeliveryId, DeliveryOrder, Duplicate, Journaled,
+    MessageDetail, MessageId, MessageSummary, NewMessage, Processing, QueueDepth,
+    RecoveredDelivery, Search, Settlement, StoredMessage,
 };
 
 /// Settings of the embedded store.
@@ -221,6 +221,19 @@ impl Store for SqliteStore {
         self.writer
             .submit("journal_processed", move |c| {
                 ops::journal_processed(c, &message, &processing)
+            })
+            .await
+    }
+
+    async fn journal_processed_once(
+        &self,
+        message: NewMessage,
+        processing: Processing,
+        since: SystemTime,
+    ) -> Result<Journaled, StoreError> {
+        self.writer
+            .submit("journal_processed", move |c| {
+                ops::journal_processed_once(c, &message, &processing, since)
             })
             .await
     }

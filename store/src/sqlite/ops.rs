@@ -19,9 +19,9 @@ use super::convert::{
 use crate::error::StoreError;
 use crate::types::{
     AuditEntry, Claim, ClaimedDelivery, DeliveryCounts, DeliveryDetail, DeliveryId, DeliveryOrder,
-    DeliveryStatus, Duplicate, MessageDetail, MessageId, MessageStatus, MessageSummary, NewMessage,
-    Processing, QueueDepth, RecoveredDelivery, Search, Settle, Settlement, StepDetail, StepOutcome,
-    StoredMessage, TypeFilter,
+    DeliveryStatus, Duplicate, Journaled, MessageDetail, MessageId, MessageStatus, MessageSummary,
+    NewMessage, Processing, QueueDepth, RecoveredDelivery, Search, Settle, Settlement, StepDetail,
+    StepOutcome, StoredMessage, TypeFilter,
 };
 
 /// The unfinished-delivery condition, verbatim as in the partial indexes' WHERE: SQLite uses a
@@ -472,6 +472,28 @@ pub(crate) fn journal_processed(
 ) -> OpResult<(MessageId, Vec<DeliveryId>)> {
     let id = journal_as(conn, m, Some(p))?;
     Ok((id, record_processing(conn, id, p, Some(&m.raw))?))
+}
+
+/// [`journal_processed`], unless [`find_duplicate`] finds an earlier copy received at or after
+/// `since`. On the writer's connection the check sees every write committed and every job run
+/// before it in the open transaction, so a copy can never slip in between check and write.
+pub(crate) fn journal_processed_once(
+    conn: &Connection,
+    m: &NewMessage,
+    p: &Processing,
+    since: SystemTime,
+) -> OpResult<Journaled> {
+    if let Some(found) = find_duplicate(
+        conn,
+        &m.sending_application,
+        &m.sending_facility,
+        &m.control_id,
+        since,
+    )? {
+        return Ok(Journaled::Duplicate(found));
+    }
+    let (id, deliveries) = journal_processed(conn, m, p)?;
+    Ok(Journaled::Stored { id, deliveries })
 }
 
 /// The steps and deliveries of a processed message (its status is already recorded). `raw`:

@@ -197,6 +197,67 @@ async fn processing_is_recorded_once_and_finishing_needs_a_claim() {
     );
 }
 
+/// `journal_processed_once` checks and writes in one job: a copy is refused whether the
+/// original was committed earlier or runs just before it in the same batch, and only copies
+/// within the window count.
+#[tokio::test]
+async fn journal_processed_once_stores_one_of_several_copies() {
+    use courier_store::Journaled;
+    let dir = tempfile::tempdir().unwrap();
+    let store = open_arc(dir.path());
+    let mut first = message_at("C1", "P", t(100));
+    first.ack = Some(Bytes::from_static(b"MSA|AA|C1"));
+    let once = |m| {
+        let store = store.clone();
+        async move {
+            store
+                .journal_processed_once(m, processed(vec![delivery("emr", "P", "x")]), t(0))
+                .await
+        }
+    };
+    let Journaled::Stored { id, deliveries } = once(first).await.unwrap() else {
+        panic!("the first copy is stored");
+    };
+    assert_eq!(deliveries.len(), 1);
+    let again = once(message_at("C1", "P", t(150))).await.unwrap();
+    let Journaled::Duplicate(original) = again else {
+        panic!("a later copy is a duplicate: {again:?}");
+    };
+    assert_eq!(original.id, id);
+    assert_eq!(original.ack.as_deref(), Some(&b"MSA|AA|C1"[..]));
+
+    // Eight copies sent at once (most share a batch): one is stored, the rest find it.
+    let mut copies = tokio::task::JoinSet::new();
+    for _ in 0..8 {
+        copies.spawn(once(message_at("C2", "P", t(200))));
+    }
+    let results = copies.join_all().await;
+    let stored: Vec<_> = results
+        .iter()
+        .filter(|r| matches!(r, Ok(Journaled::Stored { .. })))
+        .collect();
+    assert_eq!(stored.len(), 1, "{results:?}");
+    assert!(results.iter().all(|r| matches!(
+        r,
+        Ok(Journaled::Stored { .. }) | Ok(Journaled::Duplicate(_))
+    )));
+
+    // Outside the window, or another sender: stored.
+    let late = store
+        .journal_processed_once(message_at("C1", "P", t(300)), processed(vec![]), t(101))
+        .await
+        .unwrap();
+    assert!(matches!(late, Journaled::Stored { .. }), "{late:?}");
+    let mut other = message_at("C2", "P", t(300));
+    other.sending_application = "LAB".into();
+    let other = store
+        .journal_processed_once(other, processed(vec![]), t(0))
+        .await
+        .unwrap();
+    assert!(matches!(other, Journaled::Stored { .. }), "{other:?}");
+    assert_eq!(store.search(&Search::default()).await.unwrap().len(), 4);
+}
+
 #[tokio::test]
 async fn duplicates_are_found_with_the_ack_to_replay() {
     let dir = tempfile::tempdir().unwrap();
