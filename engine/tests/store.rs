@@ -34,16 +34,23 @@ destinations = ["emr"]
     )
 }
 
-#[test]
-fn a_duplicate_gets_the_original_ack_and_is_not_sent_again() {
+/// An engine with `duplicate_window = "1h"` whose one route goes to a stand-in writing what
+/// it gets to `emr/` in the returned directory.
+fn with_duplicate_window() -> (tempfile::TempDir, Proc, Proc, SocketAddr) {
     let tmp = tempfile::tempdir().unwrap();
-    let out = tmp.path().join("emr");
-    let (_emr, dest) = standin("emr", &out, 0, &[]);
-    let (_engine, addr) = start_engine(
+    let (emr, dest) = standin("emr", &tmp.path().join("emr"), 0, &[]);
+    let (engine, addr) = start_engine(
         tmp.path(),
         &config(dest, "duplicate_window = \"1h\"", ""),
         "in",
     );
+    (tmp, emr, engine, addr)
+}
+
+#[test]
+fn a_duplicate_gets_the_original_ack_and_is_not_sent_again() {
+    let (tmp, _emr, _engine, addr) = with_duplicate_window();
+    let out = tmp.path().join("emr");
     let mut c = Mllp::connect(addr);
     let first = c.request(&adt("DUP1"));
     assert_eq!(field(&first, "MSA", 1), "AA");
@@ -66,14 +73,8 @@ fn a_duplicate_gets_the_original_ack_and_is_not_sent_again() {
 /// within one message's processing time were all stored.)
 #[test]
 fn copies_arriving_together_are_stored_and_sent_once() {
-    let tmp = tempfile::tempdir().unwrap();
+    let (tmp, _emr, _engine, addr) = with_duplicate_window();
     let out = tmp.path().join("emr");
-    let (_emr, dest) = standin("emr", &out, 0, &[]);
-    let (_engine, addr) = start_engine(
-        tmp.path(),
-        &config(dest, "duplicate_window = \"1h\"", ""),
-        "in",
-    );
     const COPIES: usize = 6;
     for round in 0..3 {
         let control = format!("TWIN{round}");
