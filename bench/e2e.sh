@@ -4,13 +4,15 @@
 #   pipeline  `courier bench` at `courier run examples/clinic.toml`: after-store ACKs with
 #             fsync, WASM and Rhai steps, deliveries to `courier listen` stand-ins (four
 #             MLLP, one HTTP for the portal webhook);
+#   one-route `courier bench` at `courier run` on one route: after-store ACKs with fsync, one
+#             WASM step and one Rhai step, one MLLP stand-in;
 # at 1 and 8 connections, with the server's CPU time per message and its peak memory, then
-# the pipeline/ceiling ratio.
+# each pipeline/ceiling ratio, and what the engine's own MLLP exchanges cost at the least.
 #
 #   bench/e2e.sh                 20,000 messages per measurement
 #   MESSAGES=5000 bench/e2e.sh   a quicker run
 #
-# Ports 27575-27590 on 127.0.0.1 are used; everything it starts is stopped at the end.
+# Ports 27575-27593 on 127.0.0.1 are used; everything it starts is stopped at the end.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -21,9 +23,9 @@ messages=${MESSAGES:-20000}
 peak() { awk '/VmHWM/ { printf "%.1f", $2 / 1024 }' "/proc/$1/status"; }
 
 # Bytes the stand-ins have logged so far.
-received() { find "$work/out" -type f -printf '%s\n' | awk '{ s += $1 } END { print s + 0 }'; }
+received() { find "$work"/out* -type f -printf '%s\n' | awk '{ s += $1 } END { print s + 0 }'; }
 
-# Waits until the stand-ins under $work/out have received nothing new for half a second;
+# Waits until the stand-ins under $work/out* have received nothing new for half a second;
 # prints how long after the call the last message came, in seconds (0.0 when none came).
 drain() {
   local start last count seen
@@ -37,21 +39,28 @@ drain() {
   python3 -c "print(f'{$last - $start:.1f}')"
 }
 
-# CPU seconds the stand-ins (PIDs in $standins) have used so far.
-standins_cpu() {
+# CPU seconds the processes given have used so far.
+cpu_of() {
   local total=0 p
-  for p in "${standins[@]}"; do total=$(python3 -c "print($total + $(cpu "$p"))"); done
+  for p in "$@"; do total=$(python3 -c "print($total + $(cpu "$p"))"); done
   echo "$total"
 }
 
-# measure NAME PID PORT CONNECTIONS: one bench run against PORT; prints a result line. Beside
-# the server's CPU it counts the others' on the same cores: the load generator's (bash's
-# `time`) and, for the pipeline, the stand-ins'.
+# Messages the stand-in logs given have received so far: `courier listen` heads each one with
+# a line `--- #N`.
+delivered() { cat "$@" | grep -c '^--- #' || true; }
+
+# measure NAME PID PORT CONNECTIONS [LOG_DIR STAND-IN_PID...]: one bench run against PORT;
+# prints a result line. Beside the server's CPU it counts the others' on the same cores: the
+# load generator's (bash's `time`) and a pipeline's stand-ins', whose logs in LOG_DIR give its
+# deliveries per message.
 measure() {
-  local name=$1 pid=$2 port=$3 conns=$4
-  local before after json others_before others_after
+  local name=$1 pid=$2 port=$3 conns=$4 dir=${5:-}
+  shift 4; [ $# -gt 0 ] && shift
+  local before after json others_before others_after sent_before=0 sent_after=0
   before=$(cpu "$pid")
-  others_before=0; [ "$name" = pipeline ] && others_before=$(standins_cpu)
+  others_before=$(cpu_of "$@")
+  [ -n "$dir" ] && sent_before=$(delivered "$dir"/*.log)
   json=$( { TIMEFORMAT='%3U %3S'; time "$bin" bench --to "127.0.0.1:$port" --connections "$conns" \
             --messages "$messages" --json; } 2>"$work/bench.time") || {
     echo "bench against $name failed: $json $(cat "$work/bench.time")" >&2
@@ -62,11 +71,13 @@ measure() {
   # stopped receiving (no new file for half a second), and the trail is reported.
   drained=$(drain)
   after=$(cpu "$pid")
-  others_after=0; [ "$name" = pipeline ] && others_after=$(standins_cpu)
+  others_after=$(cpu_of "$@")
+  [ -n "$dir" ] && sent_after=$(delivered "$dir"/*.log)
   python3 - "$name" "$conns" "$before" "$after" "$(peak "$pid")" "$json" "$drained" \
-    "$(tail -1 "$work/bench.time")" "$others_before" "$others_after" <<'PY'
+    "$(tail -1 "$work/bench.time")" "$others_before" "$others_after" \
+    "$((sent_after - sent_before))" <<'PY'
 import json, sys
-name, conns, before, after, peak, raw, drained, gen, o_before, o_after = sys.argv[1:]
+name, conns, before, after, peak, raw, drained, gen, o_before, o_after, sent = sys.argv[1:]
 v = json.loads(raw)
 n = max(v["accepted"], 1)
 cpu_us = (float(after) - float(before)) * 1e6 / n
@@ -74,7 +85,7 @@ user, system = (float(x) for x in gen.split())
 others_us = (user + system + float(o_after) - float(o_before)) * 1e6 / n
 print(f'{name}\t{conns}\t{v["messages_per_second"]:.0f}\t{v["latency_ms"]["p50"]:.2f}\t'
       f'{v["latency_ms"]["p99"]:.2f}\t{cpu_us:.0f}\t{others_us:.0f}\t{peak}\t{v["errors"]}\t'
-      f'{drained}')
+      f'{drained}\t{int(sent) / n:.2f}')
 PY
 }
 
@@ -89,41 +100,114 @@ standins=("${pids[@]:first}")
 start_clinic 27580
 idle=$(peak "$engine")
 
+# One route, as the lightest pipeline that still does what the clinic's does per message:
+# after-store ACKs with fsync, a WASM step (the lab-code mapping) and a Rhai step (the PV1
+# location script), one MLLP destination. Every built-in message takes it.
+mkdir -p "$work/out-one" "$work/one"
+"$bin" listen --port 27593 >"$work/out-one/one.log" 2>&1 & one_standin=$!; pids+=($one_standin)
+cat >"$work/one/one-route.toml" <<EOF
+[[listener]]
+name = "front"
+bind = "127.0.0.1:27592"
+max_connections = 64
+
+[[destination]]
+name = "chart"
+address = "127.0.0.1:27593"
+
+[[route]]
+name = "all-to-chart"
+destinations = ["chart"]
+  [[route.step]]
+  wasm = "$PWD/target/wasm-plugins/wasm32-wasip2/release/lab_codes.wasm"
+  settings = { table = "loinc", direction = "to_loinc" }
+  [[route.step]]
+  script = "$PWD/examples/scripts/pv1_location.rhai"
+
+[tables.loinc]
+CBC = "58410-2"
+LIPID = "57698-3"
+WBC = "6690-2"
+RBC = "789-8"
+HGB = "718-7"
+HCT = "4544-3"
+MCV = "787-2"
+MCH = "785-6"
+MCHC = "786-4"
+RDW = "788-0"
+PLT = "777-3"
+CHOL = "2093-3"
+TRIG = "2571-8"
+HDL = "2085-9"
+LDL = "13457-7"
+NONHDL = "43396-1"
+COMMENT = "8251-1"
+
+# The EMR's unit codes for points of care.
+[tables.units]
+RFM = "FAMILY-MED"
+MED = "MED-WARD"
+EOF
+"$bin" run "$work/one/one-route.toml" --store-dir "$work/store-one" 2>>"$work/logs/one.log" &
+one=$!; pids+=($one)
+wait_port 127.0.0.1 27592
+wait_port 127.0.0.1 27593
+# Warm up as the clinic was: its plugin compiled, its store in use.
+"$bin" bench --to 127.0.0.1:27592 --messages 300 >/dev/null
+
 results=$work/results.tsv
 {
   measure ceiling "$ceiling" 27575 1
-  measure pipeline "$engine" 27580 1
+  measure pipeline "$engine" 27580 1 "$work/out" "${standins[@]}"
+  measure one-route "$one" 27592 1 "$work/out-one" "$one_standin"
   measure ceiling "$ceiling" 27575 8
-  measure pipeline "$engine" 27580 8
+  measure pipeline "$engine" 27580 8 "$work/out" "${standins[@]}"
+  measure one-route "$one" 27592 8 "$work/out-one" "$one_standin"
 } | tee "$results" >/dev/null
 
 echo
 echo "courier e2e benchmark: $messages messages per row, $(nproc) cores, $(date -u +%Y-%m-%dT%H:%MZ)"
-printf '%-9s %5s %9s %8s %8s %11s %13s %9s %7s %8s\n' what conns "msg/s" "p50 ms" "p99 ms" \
-  "cpu us/msg" "others us/msg" "peak MiB" errors "trail s"
-while IFS=$'\t' read -r name conns rate p50 p99 cpu others mem errs trail; do
-  printf '%-9s %5s %9s %8s %8s %11s %13s %9s %7s %8s\n' "$name" "$conns" "$rate" "$p50" "$p99" \
-    "$cpu" "$others" "$mem" "$errs" "$trail"
+printf '%-9s %5s %9s %8s %8s %11s %13s %9s %7s %8s %8s\n' what conns "msg/s" "p50 ms" "p99 ms" \
+  "cpu us/msg" "others us/msg" "peak MiB" errors "trail s" "out/msg"
+while IFS=$'\t' read -r name conns rate p50 p99 cpu others mem errs trail out; do
+  printf '%-9s %5s %9s %8s %8s %11s %13s %9s %7s %8s %8s\n' "$name" "$conns" "$rate" "$p50" \
+    "$p99" "$cpu" "$others" "$mem" "$errs" "$trail" "$out"
 done <"$results"
-echo "(cpu us/msg: the server's, until the deliveries are done; others: the load generator's and,"
-echo " for the pipeline, the stand-ins' on the same cores; trail s: how long deliveries ran on"
-echo " after the last ACK)"
+echo "(cpu us/msg: the server's, until the deliveries are done; others: the load generator's and"
+echo " the pipeline's stand-ins' on the same cores; trail s: how long deliveries ran on after the"
+echo " last ACK; out/msg: messages the stand-ins received per message sent)"
 python3 - "$results" "$idle" "$(nproc)" <<'PY'
 import sys
 rows = [l.rstrip("\n").split("\t") for l in open(sys.argv[1])]
 row = {(r[0], r[1]): r for r in rows}
-for c in ("1", "8"):
-    ratio = float(row[("pipeline", c)][2]) / float(row[("ceiling", c)][2])
-    print(f"pipeline/ceiling at {c} connection(s): {100 * ratio:.1f}%")
+for name in ("pipeline", "one-route"):
+    for c in ("1", "8"):
+        ratio = float(row[(name, c)][2]) / float(row[("ceiling", c)][2])
+        print(f"{name}/ceiling at {c} connection(s): {100 * ratio:.1f}%")
 print(f"engine memory right after start (clinic loaded): {sys.argv[2]} MiB peak")
 # What 25% of the ceiling at 8 connections leaves the engine: every process shares the cores.
+# And the least the engine's own MLLP work can cost, priced by the ceiling rows of this run:
+# taking a message in and answering it is at least what `courier listen` spends per message,
+# and each delivery (framing, sending, reading and checking the ACK) at least what the load
+# generator spends per message it sends.
 cores = int(sys.argv[3])
 goal = 0.25 * float(row[("ceiling", "8")][2])
 budget = cores * 1e6 / goal
-others = float(row[("pipeline", "8")][6])
-engine = float(row[("pipeline", "8")][5])
+intake = float(row[("ceiling", "8")][5])
+send = float(row[("ceiling", "8")][6])
 print(f"at 25% of the ceiling at 8 connections ({goal:.0f} msg/s), {cores} cores give "
-      f"{budget:.0f} us of CPU per message to every process together; the load generator and "
-      f"stand-ins took {others:.0f} us per pipeline message here, which leaves "
-      f"{budget - others:.0f} us for the engine (it took {engine:.0f})")
+      f"{budget:.0f} us of CPU per message to every process together:")
+for name in ("pipeline", "one-route"):
+    r = row[(name, "8")]
+    others, engine, out = float(r[6]), float(r[5]), float(r[10])
+    floor = intake + out * send
+    left = budget - others
+    if left > 0:
+        verdict = f"which leaves {left:.0f} us for the engine; it took {engine:.0f}"
+    else:
+        verdict = (f"more than all of it: no engine reaches 25% here (this one took "
+                   f"{engine:.0f})")
+    print(f"  {name}: the load generator and stand-ins took {others:.0f} us per message, "
+          f"{verdict}. Its MLLP exchanges alone cost at least {floor:.0f} us ({intake:.0f} to "
+          f"take a message in, {out:.2f} deliveries x {send:.0f})")
 PY

@@ -125,6 +125,9 @@ impl Template {
     }
 }
 
+/// The built-in messages: a front desk's ADT, the EMR's order and the lab's result, from the
+/// senders the example clinic routes on (its ORU routes take results from `RIVERSIDE_LIS`
+/// only), so that the clinic under load does what it does with its day's traffic.
 fn built_in() -> Vec<Bytes> {
     [
         "MSH|^~\\&|REGADT|RIVERSIDE_FD|COURIER|RIVERSIDE|20261201083012||ADT^A04^ADT_A01|X|P|2.5.1\r\
@@ -138,7 +141,7 @@ fn built_in() -> Vec<Bytes> {
          ORC|NW|ORD7781|||||^^^20261201091500^^R||20261201091500|||1234^Patel^Anil\r\
          OBR|1|ORD7781||CBC^Complete blood count^L|||20261201091500||||||||||1234^Patel^Anil\r\
          OBR|2|ORD7782||LIPID^Lipid panel^L|||20261201091500||||||||||1234^Patel^Anil\r",
-        "MSH|^~\\&|LIS|RIVERSIDE|EMR|RIVERSIDE|20261201143000||ORU^R01^ORU_R01|X|P|2.5.1\r\
+        "MSH|^~\\&|RIVERSIDE_LIS|RIVERSIDE_LAB|EMR|RIVERSIDE|20261201143000||ORU^R01^ORU_R01|X|P|2.5.1\r\
          PID|1||100234^^^RIVERSIDE^MR||Johnson^Sarah^Marie||19840312|F\r\
          OBR|1|ORD7781|LAB5521|CBC^Complete blood count^L|||20261201091500|||||||||1234^Patel^Anil||||||20261201142900|||F\r\
          OBX|1|NM|WBC^White blood cells^L||6.2|10*3/uL|4.0-11.0|N|||F\r\
@@ -448,6 +451,43 @@ mod tests {
             assert_eq!(field(out.clone(), "MSH-9"), field(raw.clone(), "MSH-9"));
             assert_eq!(field(out, "PID-5"), field(raw, "PID-5"));
         }
+    }
+
+    #[test]
+    fn the_example_clinic_routes_the_built_in_messages_as_its_day_traffic() {
+        use courier::config::Config;
+        use courier::route::{Envelope, Router};
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/clinic.toml");
+        let config = Config::load(&path).expect("the example clinic loads");
+        let names: Vec<String> = config
+            .destinations
+            .iter()
+            .map(|d| d.get_ref().name.to_string())
+            .collect();
+        let router = Router::new(&config, |n| names.iter().position(|d| d == n)).unwrap();
+        let routes: Vec<Vec<String>> = built_in()
+            .into_iter()
+            .map(|raw| {
+                let msg = Message::parse(raw).unwrap();
+                let env = Envelope::of(&msg);
+                router
+                    .select("clinic", &env, &msg)
+                    .map(|r| r.name.to_string())
+                    .collect()
+            })
+            .collect();
+        assert_eq!(
+            routes,
+            [
+                vec![
+                    "registration-to-emr",
+                    "registration-to-billing",
+                    "research-feed"
+                ],
+                vec!["orders-to-lab"],
+                vec!["results-to-chart", "results-to-portal", "research-feed"],
+            ]
+        );
     }
 
     #[test]
