@@ -124,30 +124,10 @@ destinations = ["chart"]
   [[route.step]]
   script = "$PWD/examples/scripts/pv1_location.rhai"
 
-[tables.loinc]
-CBC = "58410-2"
-LIPID = "57698-3"
-WBC = "6690-2"
-RBC = "789-8"
-HGB = "718-7"
-HCT = "4544-3"
-MCV = "787-2"
-MCH = "785-6"
-MCHC = "786-4"
-RDW = "788-0"
-PLT = "777-3"
-CHOL = "2093-3"
-TRIG = "2571-8"
-HDL = "2085-9"
-LDL = "13457-7"
-NONHDL = "43396-1"
-COMMENT = "8251-1"
-
-# The EMR's unit codes for points of care.
-[tables.units]
-RFM = "FAMILY-MED"
-MED = "MED-WARD"
 EOF
+# The clinic's lookup tables (LOINC codes, units), as they are in its config.
+sed -n '/^\[tables\./,/^\[\[route\]\]/p' examples/clinic.toml | sed '$d' \
+  >>"$work/one/one-route.toml"
 "$bin" run "$work/one/one-route.toml" --store-dir "$work/store-one" 2>>"$work/logs/one.log" &
 one=$!; pids+=($one)
 wait_port 127.0.0.1 27592
