@@ -87,6 +87,7 @@ pub struct Metrics {
     store_bytes: Gauge,
     store_commits: Counter,
     store_writes: Counter,
+    store_reruns: Counter,
     health: Mutex<Health>,
 }
 
@@ -188,6 +189,12 @@ impl Metrics {
             "Store write requests (journal, claims, outcomes, ...); per commit: how well they group",
             store_writes.clone(),
         );
+        let store_reruns = Counter::default();
+        registry.register(
+            "store_batch_reruns",
+            "Store batches run again with a savepoint per request because one of their requests failed",
+            store_reruns.clone(),
+        );
         Metrics {
             registry,
             received,
@@ -202,6 +209,7 @@ impl Metrics {
             store_bytes,
             store_commits,
             store_writes,
+            store_reruns,
             health: Mutex::default(),
         }
     }
@@ -368,6 +376,7 @@ impl Metrics {
                 for (counter, now) in [
                     (&self.store_commits, stats.commits),
                     (&self.store_writes, stats.writes),
+                    (&self.store_reruns, stats.reruns),
                 ] {
                     counter.inc_by(now.saturating_sub(counter.get()));
                 }

@@ -190,6 +190,11 @@ fn api_metrics_and_audit_follow_the_messages() {
         sample(&m, "courier_store_writes_total"),
     );
     assert!(writes >= 7.0 && commits >= 1.0 && commits <= writes, "{m}");
+    // Nothing failed, so no batch had to run again job by job.
+    assert!(
+        m.lines().any(|l| l == "courier_store_batch_reruns_total 0"),
+        "{m}"
+    );
 
     // Routes and destinations.
     let routes = get(admin, "/api/routes");

@@ -73,6 +73,9 @@ pub struct StoreStats {
     pub writes: u64,
     /// The most requests one commit carried.
     pub largest_batch: u64,
+    /// Batches run a second time, each request in a savepoint of its own, because one of
+    /// their requests failed.
+    pub reruns: u64,
 }
 
 /// The embedded store: SQLite (bundled) in WAL mode, `courier.db` in the data directory.
@@ -189,6 +192,7 @@ impl SqliteStore {
             commits: self.counters.commits.load(Ordering::Relaxed),
             writes: self.counters.writes.load(Ordering::Relaxed),
             largest_batch: self.counters.largest_batch.load(Ordering::Relaxed),
+            reruns: self.counters.reruns.load(Ordering::Relaxed),
         }
     }
 }
