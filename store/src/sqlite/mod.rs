@@ -465,6 +465,7 @@ impl Store for SqliteStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::MessageStatus;
 
     /// A hot query is parsed once per connection, not once per use. rusqlite's statement cache
     /// clears a statement's bindings when it is returned; SQLite expires a statement whose plan
@@ -550,6 +551,49 @@ mod tests {
                 assert!(!text.contains("TEMP B-TREE"), "{name} sorts:\n{text}");
             }
         }
+    }
+
+    /// A search for a status other than `processed` (and the restart's look for messages
+    /// left `received`) goes through the status index, which holds only such messages.
+    #[test]
+    fn unfinished_statuses_are_found_through_the_partial_status_index() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("plan.db");
+        let mut conn = Connection::open(&path).unwrap();
+        schema::prepare_writer(&mut conn, &path, &StoreSettings::default(), true).unwrap();
+        let plan = |sql: &str, n: usize| -> String {
+            let mut stmt = conn.prepare(&format!("EXPLAIN QUERY PLAN {sql}")).unwrap();
+            let params = vec![rusqlite::types::Value::Null; n];
+            let rows: Vec<String> = stmt
+                .query_map(rusqlite::params_from_iter(params), |r| r.get(3))
+                .unwrap()
+                .collect::<Result<_, _>>()
+                .unwrap();
+            rows.join("\n")
+        };
+        for status in [
+            MessageStatus::Received,
+            MessageStatus::Error,
+            MessageStatus::Filtered,
+            MessageStatus::Unrouted,
+        ] {
+            let (sql, args) = ops::search_query(&Search {
+                status: Some(status),
+                ..Search::default()
+            });
+            let text = plan(&sql, args.len());
+            assert!(text.contains("messages_status"), "{status:?}:\n{text}");
+        }
+        let text = plan(ops::sql::UNPROCESSED, 0);
+        assert!(text.contains("messages_status"), "{text}");
+        let index: String = conn
+            .query_row(
+                "SELECT sql FROM sqlite_schema WHERE name = 'messages_status'",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert!(index.contains("WHERE status <> 'processed'"), "{index}");
     }
 
     /// Writing a row of the tables every message and delivery writes (the journal, its steps,

@@ -287,7 +287,7 @@ pub(crate) mod sql {
                 m.control_id, m.message_type, m.sending_application, m.sending_facility,
                 m.patient_id, b.raw
          FROM messages m JOIN message_bodies b ON b.message_id = m.id
-         WHERE m.status = 'received'
+         WHERE m.status = 'received' AND m.status <> 'processed'
          ORDER BY m.id";
 
     pub(crate) const IN_FLIGHT: &str =
@@ -996,6 +996,48 @@ fn glob_prefix(prefix: &str) -> String {
 }
 
 pub(crate) fn search(conn: &Connection, f: &Search) -> OpResult<Vec<MessageSummary>> {
+    let (sql, args) = search_query(f);
+    // A handful of filter combinations occur, so caching by SQL text pays off.
+    let mut stmt = conn.prepare_cached(&sql)?;
+    let mut found = stmt
+        .query_map(params_from_iter(args), |r| {
+            Ok(MessageSummary {
+                id: MessageId(r.get(0)?),
+                received_at: time(r.get(1)?),
+                processed_at: r.get::<_, Option<i64>>(2)?.map(time),
+                listener: r.get(3)?,
+                peer: r.get(4)?,
+                control_id: r.get(5)?,
+                message_type: r.get(6)?,
+                sending_application: r.get(7)?,
+                sending_facility: r.get(8)?,
+                status: message_status(9, &r.get::<_, String>(9)?)?,
+                reason: r.get(10)?,
+                deliveries: DeliveryCounts::default(),
+            })
+        })?
+        .collect::<rusqlite::Result<Vec<_>>>()?;
+    let mut counts = conn.prepare_cached(
+        "SELECT status, count(*) FROM deliveries WHERE message_id = ?1 GROUP BY status",
+    )?;
+    for summary in &mut found {
+        let mut rows = counts.query([summary.id.0])?;
+        while let Some(r) = rows.next()? {
+            let n = count_u32(r.get(1)?);
+            let c = &mut summary.deliveries;
+            match delivery_status(0, &r.get::<_, String>(0)?)? {
+                DeliveryStatus::Queued => c.queued = n,
+                DeliveryStatus::InFlight => c.in_flight = n,
+                DeliveryStatus::Delivered => c.delivered = n,
+                DeliveryStatus::Error => c.error = n,
+            }
+        }
+    }
+    Ok(found)
+}
+
+/// The SQL of a search and its arguments.
+pub(crate) fn search_query(f: &Search) -> (String, Vec<Value>) {
     let mut sql = String::from(
         "SELECT m.id, m.received_at, m.processed_at, m.listener, m.peer, m.control_id,
                 m.message_type, m.sending_application, m.sending_facility, m.status, m.reason
@@ -1008,6 +1050,11 @@ pub(crate) fn search(conn: &Connection, f: &Search) -> OpResult<Vec<MessageSumma
     };
     if let Some(s) = f.status {
         arg(&mut sql, " AND m.status = ?", s.as_str().to_owned().into());
+        if s != MessageStatus::Processed {
+            // The status index holds every status but this one (schema version 6); SQLite
+            // uses it only when the query repeats its WHERE term.
+            sql.push_str(" AND m.status <> 'processed'");
+        }
     }
     match &f.message_type {
         Some(TypeFilter::Exact(t)) => arg(&mut sql, " AND m.message_type = ?", t.clone().into()),
@@ -1050,44 +1097,7 @@ pub(crate) fn search(conn: &Connection, f: &Search) -> OpResult<Vec<MessageSumma
         i64::from(f.limit).into(),
     );
     arg(&mut sql, " OFFSET ?", i64::from(f.offset).into());
-
-    // A handful of filter combinations occur, so caching by SQL text pays off.
-    let mut stmt = conn.prepare_cached(&sql)?;
-    let mut found = stmt
-        .query_map(params_from_iter(args), |r| {
-            Ok(MessageSummary {
-                id: MessageId(r.get(0)?),
-                received_at: time(r.get(1)?),
-                processed_at: r.get::<_, Option<i64>>(2)?.map(time),
-                listener: r.get(3)?,
-                peer: r.get(4)?,
-                control_id: r.get(5)?,
-                message_type: r.get(6)?,
-                sending_application: r.get(7)?,
-                sending_facility: r.get(8)?,
-                status: message_status(9, &r.get::<_, String>(9)?)?,
-                reason: r.get(10)?,
-                deliveries: DeliveryCounts::default(),
-            })
-        })?
-        .collect::<rusqlite::Result<Vec<_>>>()?;
-    let mut counts = conn.prepare_cached(
-        "SELECT status, count(*) FROM deliveries WHERE message_id = ?1 GROUP BY status",
-    )?;
-    for summary in &mut found {
-        let mut rows = counts.query([summary.id.0])?;
-        while let Some(r) = rows.next()? {
-            let n = count_u32(r.get(1)?);
-            let c = &mut summary.deliveries;
-            match delivery_status(0, &r.get::<_, String>(0)?)? {
-                DeliveryStatus::Queued => c.queued = n,
-                DeliveryStatus::InFlight => c.in_flight = n,
-                DeliveryStatus::Delivered => c.delivered = n,
-                DeliveryStatus::Error => c.error = n,
-            }
-        }
-    }
-    Ok(found)
+    (sql, args)
 }
 
 pub(crate) fn message(conn: &Connection, id: MessageId) -> OpResult<Option<MessageDetail>> {

@@ -48,8 +48,18 @@ fn constraints_of_version_4(conn: &Connection) {
     conn.pragma_update(None, "writable_schema", false).unwrap();
 }
 
+/// Gives a store made by this code the status index of versions 1 to 5 (every message).
+fn status_index_of_version_5(conn: &Connection) {
+    conn.execute_batch(
+        "DROP INDEX messages_status;
+         CREATE INDEX messages_status ON messages (status);",
+    )
+    .unwrap();
+}
+
 /// Gives a store made by this code the schema of version 4.
 fn schema_of_version_4(conn: &Connection) {
+    status_index_of_version_5(conn);
     constraints_of_version_4(conn);
     conn.execute_batch(
         "DROP INDEX deliveries_unfinished;
@@ -62,6 +72,7 @@ fn schema_of_version_4(conn: &Connection) {
 /// Gives a store made by this code the indexes and constraints a version 3 store has (what
 /// versions 4 and 5 changed), so that an upgrade from an older version can be tested on it.
 fn schema_of_version_3(conn: &Connection) {
+    status_index_of_version_5(conn);
     constraints_of_version_4(conn);
     conn.execute_batch(
         "DROP INDEX deliveries_unfinished;
@@ -107,7 +118,7 @@ async fn fresh_store_gets_the_schema_and_settings() {
     store.journal(message("C1", "P")).await.unwrap();
     assert_eq!(store.path(), dir.path().join("courier.db"));
     drop(store);
-    assert_eq!(pragma(dir.path(), "user_version"), "5");
+    assert_eq!(pragma(dir.path(), "user_version"), "6");
     assert_eq!(pragma(dir.path(), "journal_mode"), "wal");
     assert_eq!(pragma(dir.path(), "auto_vacuum"), "2", "incremental");
 }
@@ -135,7 +146,7 @@ async fn reopening_an_up_to_date_store_changes_nothing() {
         assert_eq!(store.message(id).await.unwrap().unwrap().control_id, "C1");
     }
     assert_eq!(schema(dir.path()), before);
-    assert_eq!(pragma(dir.path(), "user_version"), "5");
+    assert_eq!(pragma(dir.path(), "user_version"), "6");
 }
 
 #[tokio::test]
@@ -153,7 +164,7 @@ async fn a_store_from_a_newer_courier_is_refused() {
     else {
         panic!("expected SchemaTooNew, got {err:?}")
     };
-    assert_eq!((*found, *supported), (7, 5));
+    assert_eq!((*found, *supported), (7, 6));
     assert!(
         err.to_string().contains("newer than this Courier supports"),
         "{err}"
@@ -162,7 +173,7 @@ async fn a_store_from_a_newer_courier_is_refused() {
     // And the refusal released the store's lock.
     Connection::open(dir.path().join("courier.db"))
         .unwrap()
-        .pragma_update(None, "user_version", 5)
+        .pragma_update(None, "user_version", 6)
         .unwrap();
     open(dir.path());
 }
@@ -193,7 +204,7 @@ async fn a_version_1_store_is_upgraded_in_place() {
         .await
         .unwrap();
     drop(store);
-    assert_eq!(pragma(dir.path(), "user_version"), "5");
+    assert_eq!(pragma(dir.path(), "user_version"), "6");
 }
 
 #[tokio::test]
@@ -228,7 +239,7 @@ async fn a_version_2_store_is_upgraded_and_keeps_its_acks() {
     let detail = store.message(id).await.unwrap().unwrap();
     assert_eq!(detail.ack.as_deref(), Some(&b"MSA|AA|C1"[..]));
     drop(store);
-    assert_eq!(pragma(dir.path(), "user_version"), "5");
+    assert_eq!(pragma(dir.path(), "user_version"), "6");
 }
 
 /// A version 3 store gets the indexes and constraints of versions 4 and 5, and what it holds is found and claimed as
@@ -261,7 +272,7 @@ async fn a_version_3_store_is_upgraded_and_its_queues_carry_on() {
     drop(conn);
 
     let store = open(dir.path());
-    assert_eq!(pragma(dir.path(), "user_version"), "5");
+    assert_eq!(pragma(dir.path(), "user_version"), "6");
     let names = index_names(dir.path());
     for gone in ["deliveries_status", "messages_duplicate"] {
         assert!(
@@ -320,8 +331,8 @@ async fn a_version_3_store_is_upgraded_and_its_queues_carry_on() {
     assert_eq!(dup.id, queued);
 }
 
-/// A version 4 store gets version 5's partial index and constraints; its dead letters and
-/// queue are still counted and found.
+/// A version 4 store gets version 5's partial index and constraints (and version 6's status
+/// index); its dead letters and queue are still counted and found.
 #[tokio::test]
 async fn a_version_4_store_is_upgraded_to_comparisons() {
     let dir = tempfile::tempdir().unwrap();
@@ -338,7 +349,7 @@ async fn a_version_4_store_is_upgraded_to_comparisons() {
     drop(conn);
 
     let store = open(dir.path());
-    assert_eq!(pragma(dir.path(), "user_version"), "5");
+    assert_eq!(pragma(dir.path(), "user_version"), "6");
     let conn = Connection::open(dir.path().join("courier.db")).unwrap();
     let index: String = conn
         .query_row(
@@ -366,4 +377,72 @@ async fn a_version_4_store_is_upgraded_to_comparisons() {
     );
     let next = claim(&store, "emr", DeliveryOrder::SetAside, t(2)).await;
     assert_eq!(payload(&next), "two");
+}
+
+/// A version 5 store gets version 6's status index, which leaves processed messages out:
+/// messages of every status are still found by status, and one left `received` is still
+/// processed after the restart.
+#[tokio::test]
+async fn a_version_5_store_gets_the_partial_status_index() {
+    use courier_store::{MessageStatus, ProcessingStatus, Search};
+    let dir = tempfile::tempdir().unwrap();
+    let received = {
+        let store = open(dir.path());
+        for (control_id, status) in [
+            ("P", ProcessingStatus::Processed),
+            ("F", ProcessingStatus::Filtered),
+            ("U", ProcessingStatus::Unrouted),
+            ("E", ProcessingStatus::Error),
+        ] {
+            let id = store.journal(message(control_id, "P1")).await.unwrap();
+            let mut p = processed(Vec::new());
+            p.status = status;
+            store.complete_processing(id, p).await.unwrap();
+        }
+        store.journal(message("R", "P1")).await.unwrap()
+    };
+    let conn = Connection::open(dir.path().join("courier.db")).unwrap();
+    status_index_of_version_5(&conn);
+    conn.pragma_update(None, "user_version", 5).unwrap();
+    drop(conn);
+
+    let store = open(dir.path());
+    assert_eq!(pragma(dir.path(), "user_version"), "6");
+    let conn = Connection::open(dir.path().join("courier.db")).unwrap();
+    let (index, entries): (String, i64) = conn
+        .query_row(
+            "SELECT (SELECT sql FROM sqlite_schema WHERE name = 'messages_status'),
+                    (SELECT count(*) FROM messages INDEXED BY messages_status
+                     WHERE status <> 'processed')",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .unwrap();
+    assert!(index.contains("WHERE status <> 'processed'"), "{index}");
+    assert_eq!(entries, 4, "every message but the processed one");
+    for (status, control_id) in [
+        (MessageStatus::Processed, "P"),
+        (MessageStatus::Filtered, "F"),
+        (MessageStatus::Unrouted, "U"),
+        (MessageStatus::Error, "E"),
+        (MessageStatus::Received, "R"),
+    ] {
+        let found = store
+            .search(&Search {
+                status: Some(status),
+                ..Search::default()
+            })
+            .await
+            .unwrap();
+        assert_eq!(
+            found
+                .iter()
+                .map(|m| m.control_id.as_str())
+                .collect::<Vec<_>>(),
+            [control_id],
+            "{status:?}"
+        );
+    }
+    let left = store.unprocessed().await.unwrap();
+    assert_eq!(left.iter().map(|m| m.id).collect::<Vec<_>>(), [received]);
 }
