@@ -98,39 +98,13 @@ first=${#pids[@]}
 clinic_stand_ins 27580 log
 standins=("${pids[@]:first}")
 start_clinic 27580
-idle=$(peak "$engine")
+clinic=$engine
+idle=$(peak "$clinic")
 
-# One route, as the lightest pipeline that still does what the clinic's does per message:
-# after-store ACKs with fsync, a WASM step (the lab-code mapping) and a Rhai step (the PV1
-# location script), one MLLP destination. Every built-in message takes it.
-mkdir -p "$work/out-one" "$work/one"
-"$bin" listen --port 27593 >"$work/out-one/one.log" 2>&1 & one_standin=$!; pids+=($one_standin)
-cat >"$work/one/one-route.toml" <<EOF
-[[listener]]
-name = "front"
-bind = "127.0.0.1:27592"
-max_connections = 64
-
-[[destination]]
-name = "chart"
-address = "127.0.0.1:27593"
-
-[[route]]
-name = "all-to-chart"
-destinations = ["chart"]
-  [[route.step]]
-  wasm = "$PWD/target/wasm-plugins/wasm32-wasip2/release/lab_codes.wasm"
-  settings = { table = "loinc", direction = "to_loinc" }
-  [[route.step]]
-  script = "$PWD/examples/scripts/pv1_location.rhai"
-
-EOF
-# The clinic's lookup tables (LOINC codes, units), as they are in its config.
-sed -n '/^\[tables\./,/^\[\[route\]\]/p' examples/clinic.toml | sed '$d' \
-  >>"$work/one/one-route.toml"
-"$bin" run "$work/one/one-route.toml" --store-dir "$work/store-one" 2>>"$work/logs/one.log" &
-one=$!; pids+=($one)
-wait_port 127.0.0.1 27592
+# One route (bench/lib.sh, one_route): the lightest pipeline as the issue describes it.
+one_route 27592
+start_one_route 27592
+one=$engine
 wait_port 127.0.0.1 27593
 # Warm up as the clinic was: its plugin compiled, its store in use.
 "$bin" bench --to 127.0.0.1:27592 --messages 300 >/dev/null
@@ -138,10 +112,10 @@ wait_port 127.0.0.1 27593
 results=$work/results.tsv
 {
   measure ceiling "$ceiling" 27575 1
-  measure pipeline "$engine" 27580 1 "$work/out" "${standins[@]}"
+  measure pipeline "$clinic" 27580 1 "$work/out" "${standins[@]}"
   measure one-route "$one" 27592 1 "$work/out-one" "$one_standin"
   measure ceiling "$ceiling" 27575 8
-  measure pipeline "$engine" 27580 8 "$work/out" "${standins[@]}"
+  measure pipeline "$clinic" 27580 8 "$work/out" "${standins[@]}"
   measure one-route "$one" 27592 8 "$work/out-one" "$one_standin"
 } | tee "$results" >/dev/null
 

@@ -62,6 +62,55 @@ clinic_stand_ins() {
       examples/clinic.toml >"$work/clinic.toml"
 }
 
+# one_route BASE: the lightest pipeline that still does what the clinic's does per message:
+# after-store ACKs with fsync, a WASM step (the lab-code mapping) and a Rhai step (the PV1
+# location script), one MLLP destination; every built-in message takes it. Its `courier
+# listen` stand-in on BASE+1 (log in $work/out-one/one.log, PID in $one_standin), its config
+# in $work/one/one-route.toml listening on BASE+0 (admin server on a free port); the lookup
+# tables are the clinic's, taken from examples/clinic.toml.
+one_route() {
+  local base=$1
+  mkdir -p "$work/out-one" "$work/one"
+  "$bin" listen --port $((base + 1)) >"$work/out-one/one.log" 2>&1 & one_standin=$!
+  pids+=($one_standin)
+  cat >"$work/one/one-route.toml" <<EOF
+[admin]
+bind = "127.0.0.1:0"
+
+[[listener]]
+name = "front"
+bind = "127.0.0.1:$base"
+max_connections = 64
+
+[[destination]]
+name = "chart"
+address = "127.0.0.1:$((base + 1))"
+
+[[route]]
+name = "all-to-chart"
+destinations = ["chart"]
+  [[route.step]]
+  wasm = "$PWD/target/wasm-plugins/wasm32-wasip2/release/lab_codes.wasm"
+  settings = { table = "loinc", direction = "to_loinc" }
+  [[route.step]]
+  script = "$PWD/examples/scripts/pv1_location.rhai"
+
+EOF
+  sed -n '/^\[tables\./,/^\[\[route\]\]/p' examples/clinic.toml | sed '$d' \
+    >>"$work/one/one-route.toml"
+}
+
+# start_one_route BASE: runs one_route's config (store in $work/store-one, log in
+# $work/logs/one.log) and waits until it listens; its PID is in $engine.
+start_one_route() {
+  mkdir -p "$work/logs"
+  COURIER_ADMIN_TOKEN=bench-token-0123456789 \
+    "$bin" run "$work/one/one-route.toml" --store-dir "$work/store-one" \
+    2>>"$work/logs/one.log" & engine=$!
+  pids+=($engine)
+  wait_port 127.0.0.1 "$1"
+}
+
 # start_clinic BASE: runs the example clinic from clinic_stand_ins (store in $work/store, kept
 # between starts) and waits until it listens; its PID is in $engine. Its log goes to
 # $work/logs/engine.log: not beside the config, whose directory the engine watches for changes
