@@ -87,6 +87,28 @@ fn set_encode(c: &mut Criterion) {
             )
         });
     }
+    // What the lab-codes plugin does to a result report: each OBX-3's code, text and coding
+    // system moved to components 4-6 (which the message does not have yet) and replaced.
+    let msg = Message::parse(load("oru_r01_results.hl7")).expect("parses");
+    let obx = msg.segment_occurrences("OBX");
+    let at = |n: usize, c: usize| Path::parse(&format!("OBX[{n}]-3.{c}")).expect("valid path");
+    group.throughput(Throughput::Elements(5 * obx as u64));
+    group.bench_function("lab codes: 5 sets on each OBX-3/oru_r01_results.hl7", |b| {
+        b.iter_batched(
+            || msg.clone(),
+            |mut m| {
+                for n in 1..=obx {
+                    m.set(&at(n, 4), "WBC").expect("set");
+                    m.set(&at(n, 5), "Leukocytes").expect("set");
+                    m.set(&at(n, 6), "L").expect("set");
+                    m.set(&at(n, 1), "6690-2").expect("set");
+                    m.set(&at(n, 3), "LN").expect("set");
+                }
+                m.encode()
+            },
+            BatchSize::SmallInput,
+        )
+    });
     group.finish();
 }
 

@@ -35,6 +35,29 @@ enum Op<'v> {
     Insert(&'v [u8]),
 }
 
+/// The levels an edit goes down, outermost first, each as its separator and the 0-based piece
+/// it takes: the field, then the repetition, component and sub-component the path names. At
+/// most four, so kept inline rather than allocated per edit.
+struct Levels {
+    items: [(u8, usize); 4],
+    len: usize,
+}
+
+impl Levels {
+    fn push(&mut self, level: (u8, usize)) {
+        self.items[self.len] = level;
+        self.len += 1;
+    }
+}
+
+impl std::ops::Deref for Levels {
+    type Target = [(u8, usize)];
+
+    fn deref(&self) -> &[(u8, usize)] {
+        &self.items[..self.len]
+    }
+}
+
 /// The segment an edit applies to.
 struct Target {
     index: usize,
@@ -298,13 +321,16 @@ impl Message {
     }
 
     /// The separators and 0-based piece indices leading from a segment to the path's target.
-    fn levels(&self, path: &Path, msh: bool) -> Vec<(u8, usize)> {
+    fn levels(&self, path: &Path, msh: bool) -> Levels {
         let d = &self.delims;
         let field = path.field.unwrap_or(1);
         // Split on the field separator, piece 0 is the ID; MSH-1 is no piece, so MSH-n is
         // piece n-1 while any other segment's field n is piece n.
         let piece = if msh { field - 1 } else { field };
-        let mut levels = vec![(d.field, piece)];
+        let mut levels = Levels {
+            items: [(d.field, piece); 4],
+            len: 1,
+        };
         if path.repetition.is_some() || path.component.is_some() {
             levels.push((d.repetition, path.repetition.unwrap_or(1) - 1));
         }
@@ -326,7 +352,14 @@ impl Message {
         };
         // MSH keeps its pieces up to MSH-9 (piece 8), which parsing requires.
         let floor = if index == 0 { 9 } else { 1 };
-        let new = edit_in(bytes, levels, &op, floor);
+        let new = match op {
+            // The common edit, in one pass and one allocation.
+            Op::Set(v) => match set_in(bytes, levels, v) {
+                Some(new) => new,
+                None => return Ok(()),
+            },
+            op => edit_in(bytes, levels, &op, floor),
+        };
         if new == bytes {
             // Nothing changed (the same value set again, an absent element deleted): keep the
             // segment in the original buffer and the message unmodified.
@@ -383,6 +416,55 @@ fn field_separators(bytes: &[u8], fs: u8) -> Result<Vec<u32>, EditError> {
     memchr::memchr_iter(fs, bytes)
         .map(|i| u32::try_from(i).map_err(|_| EditError::TooLarge))
         .collect()
+}
+
+/// [`Op::Set`] of `value` at the piece `levels` leads to inside `container`: the new bytes,
+/// or `None` when the piece already holds `value`.
+///
+/// What [`edit_in`] makes of a `Set`, without splitting every level into pieces and joining
+/// them again: the target piece is found by scanning for separators, and the new bytes are
+/// the bytes before it, the value, and the bytes after it. Where the path goes past the last
+/// piece of a level, that level gets empty pieces up to it (its separator, once per missing
+/// piece) at the end of its container, and each deeper level empty pieces before the value
+/// (a container that does not exist yet is one empty piece).
+fn set_in(container: &[u8], levels: &[(u8, usize)], value: &[u8]) -> Option<Vec<u8>> {
+    // The piece of the current level: container[start..end].
+    let (mut start, mut end) = (0, container.len());
+    for (depth, &(sep, i)) in levels.iter().enumerate() {
+        let mut piece = 0;
+        let mut from = start;
+        loop {
+            let to = memchr::memchr(sep, &container[from..end]).map_or(end, |at| from + at);
+            if piece == i {
+                (start, end) = (from, to);
+                break;
+            }
+            if to == end {
+                // `piece` is this level's last piece: pad after it.
+                let deeper = &levels[depth + 1..];
+                let padding = i - piece + deeper.iter().map(|&(_, j)| j).sum::<usize>();
+                let mut out = Vec::with_capacity(container.len() + padding + value.len());
+                out.extend_from_slice(&container[..end]);
+                out.resize(out.len() + (i - piece), sep);
+                for &(sep, j) in deeper {
+                    out.resize(out.len() + j, sep);
+                }
+                out.extend_from_slice(value);
+                out.extend_from_slice(&container[end..]);
+                return Some(out);
+            }
+            from = to + 1;
+            piece += 1;
+        }
+    }
+    if &container[start..end] == value {
+        return None;
+    }
+    let mut out = Vec::with_capacity(container.len() - (end - start) + value.len());
+    out.extend_from_slice(&container[..start]);
+    out.extend_from_slice(value);
+    out.extend_from_slice(&container[end..]);
+    Some(out)
 }
 
 /// Applies `op` at the piece `levels` leads to inside `container`, returning the new bytes.
@@ -463,4 +545,60 @@ fn join(pieces: &[Cow<'_, [u8]>], sep: u8) -> Vec<u8> {
         out.extend_from_slice(p);
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `set_in` gives the bytes the general split-and-join path gives, for every level depth,
+    /// piece present or missing, on containers with empty, trailing and missing pieces.
+    #[test]
+    fn set_in_agrees_with_splitting_and_joining() {
+        let containers: &[&[u8]] = &[
+            b"",
+            b"PID",
+            b"PID|",
+            b"PID|1||123^^^MR~456^^^SS&X&Y||Doe^John^^^Dr.|",
+            b"OBX|1|NM|WBC^Leukocytes^L||6.8|10*3/uL|4.0-11.0|N|||F",
+            b"ZZZ|~~|^^|&&|a~b^c&d~e",
+            b"MSH|^~\\&|APP|FAC|||20260101||ADT^A01|1|P|2.5.1",
+        ];
+        let values: &[&[u8]] = &[b"", b"X", b"6690-2", b"Leukocytes"];
+        let mut checked = 0;
+        for &container in containers {
+            for field in 0..8 {
+                for rep in [None, Some(0), Some(1), Some(2)] {
+                    for comp in [None, Some(0), Some(2), Some(5)] {
+                        for sub in [None, Some(0), Some(1), Some(3)] {
+                            let mut levels = vec![(b'|', field)];
+                            if rep.is_some() || comp.is_some() {
+                                levels.push((b'~', rep.unwrap_or(0)));
+                            }
+                            if let Some(c) = comp {
+                                levels.push((b'^', c));
+                                if let Some(s) = sub {
+                                    levels.push((b'&', s));
+                                }
+                            }
+                            for &value in values {
+                                let general = edit_in(container, &levels, &Op::Set(value), 1);
+                                let fast = set_in(container, &levels, value)
+                                    .unwrap_or_else(|| container.to_vec());
+                                assert_eq!(
+                                    String::from_utf8_lossy(&fast),
+                                    String::from_utf8_lossy(&general),
+                                    "{:?} {levels:?} {:?}",
+                                    String::from_utf8_lossy(container),
+                                    String::from_utf8_lossy(value),
+                                );
+                                checked += 1;
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        assert!(checked > 3000, "{checked}");
+    }
 }
