@@ -467,6 +467,25 @@ mod tests {
     use super::*;
     use crate::MessageStatus;
 
+    /// A new database with the latest schema and the writer's settings.
+    fn fresh_schema() -> (tempfile::TempDir, Connection) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("plan.db");
+        let mut conn = Connection::open(&path).unwrap();
+        schema::prepare_writer(&mut conn, &path, &StoreSettings::default(), true).unwrap();
+        (dir, conn)
+    }
+
+    /// The lines of `EXPLAIN QUERY PLAN` for `sql`, with every parameter NULL.
+    fn query_plan(conn: &Connection, sql: &str) -> Vec<String> {
+        let mut stmt = conn.prepare(&format!("EXPLAIN QUERY PLAN {sql}")).unwrap();
+        let params = vec![rusqlite::types::Value::Null; stmt.parameter_count()];
+        stmt.query_map(rusqlite::params_from_iter(params), |r| r.get(3))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap()
+    }
+
     /// A hot query is parsed once per connection, not once per use. rusqlite's statement cache
     /// clears a statement's bindings when it is returned; SQLite expires a statement whose plan
     /// looked at a bound value (a `LIMIT ?`, a range on an indexed column) when its bindings
@@ -474,10 +493,7 @@ mod tests {
     #[test]
     fn hot_queries_are_not_reprepared() {
         use rusqlite::types::Value;
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("plan.db");
-        let mut conn = Connection::open(&path).unwrap();
-        schema::prepare_writer(&mut conn, &path, &StoreSettings::default(), true).unwrap();
+        let (_dir, conn) = fresh_schema();
         for (name, sql) in ops::sql::ALL {
             let mut reprepared = 0;
             for i in 0..10_i64 {
@@ -503,20 +519,9 @@ mod tests {
     /// walk the partial indexes of unfinished deliveries in id order (no sort).
     #[test]
     fn hot_queries_use_indexes() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("plan.db");
-        let mut conn = Connection::open(&path).unwrap();
-        schema::prepare_writer(&mut conn, &path, &StoreSettings::default(), true).unwrap();
+        let (_dir, conn) = fresh_schema();
         for (name, sql) in ops::sql::ALL {
-            let mut stmt = conn.prepare(&format!("EXPLAIN QUERY PLAN {sql}")).unwrap();
-            let params = vec![rusqlite::types::Value::Null; stmt.parameter_count()];
-            let plan: Vec<String> = stmt
-                .query_map(rusqlite::params_from_iter(params), |r| {
-                    r.get::<_, String>(3)
-                })
-                .unwrap()
-                .collect::<Result<_, _>>()
-                .unwrap();
+            let plan = query_plan(&conn, sql);
             let text = plan.join("\n");
             for line in &plan {
                 assert!(
@@ -557,34 +562,21 @@ mod tests {
     /// left `received`) goes through the status index, which holds only such messages.
     #[test]
     fn unfinished_statuses_are_found_through_the_partial_status_index() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("plan.db");
-        let mut conn = Connection::open(&path).unwrap();
-        schema::prepare_writer(&mut conn, &path, &StoreSettings::default(), true).unwrap();
-        let plan = |sql: &str, n: usize| -> String {
-            let mut stmt = conn.prepare(&format!("EXPLAIN QUERY PLAN {sql}")).unwrap();
-            let params = vec![rusqlite::types::Value::Null; n];
-            let rows: Vec<String> = stmt
-                .query_map(rusqlite::params_from_iter(params), |r| r.get(3))
-                .unwrap()
-                .collect::<Result<_, _>>()
-                .unwrap();
-            rows.join("\n")
-        };
+        let (_dir, conn) = fresh_schema();
         for status in [
             MessageStatus::Received,
             MessageStatus::Error,
             MessageStatus::Filtered,
             MessageStatus::Unrouted,
         ] {
-            let (sql, args) = ops::search_query(&Search {
+            let (sql, _) = ops::search_query(&Search {
                 status: Some(status),
                 ..Search::default()
             });
-            let text = plan(&sql, args.len());
+            let text = query_plan(&conn, &sql).join("\n");
             assert!(text.contains("messages_status"), "{status:?}:\n{text}");
         }
-        let text = plan(ops::sql::UNPROCESSED, 0);
+        let text = query_plan(&conn, ops::sql::UNPROCESSED).join("\n");
         assert!(text.contains("messages_status"), "{text}");
         let index: String = conn
             .query_row(
@@ -603,10 +595,7 @@ mod tests {
     /// opened afterwards; the constraints still refuse a value outside their lists.
     #[test]
     fn row_writes_build_no_temporary_btree() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("plan.db");
-        let mut conn = Connection::open(&path).unwrap();
-        schema::prepare_writer(&mut conn, &path, &StoreSettings::default(), true).unwrap();
+        let (dir, conn) = fresh_schema();
         let writes = [
             "INSERT INTO messages (received_at, listener, peer, control_id, message_type,
                  sending_application, sending_facility, patient_id, status)
@@ -618,7 +607,7 @@ mod tests {
             "UPDATE deliveries SET status = 'in_flight', attempts = attempts + 1 WHERE id = 1",
             "UPDATE deliveries SET status = 'delivered' WHERE id = 1",
         ];
-        let reopened = Connection::open(&path).unwrap();
+        let reopened = Connection::open(dir.path().join("plan.db")).unwrap();
         for conn in [&conn, &reopened] {
             for sql in writes {
                 let opcodes: Vec<String> = conn
