@@ -444,6 +444,14 @@ mod tests {
         }
     }
 
+    /// `err` is a failure of the job named `operation` itself (not of its batch or the store).
+    fn assert_backend(err: &StoreError, operation: &str) {
+        assert!(
+            matches!(err, StoreError::Backend { operation: op, .. } if *op == operation),
+            "{err:?}"
+        );
+    }
+
     fn rows(dir: &std::path::Path) -> Vec<String> {
         let conn = Connection::open(dir.join("w.db")).unwrap();
         let mut stmt = conn.prepare("SELECT v FROM t ORDER BY rowid").unwrap();
@@ -500,16 +508,7 @@ mod tests {
         .await;
         a.unwrap();
         let err = bad.unwrap_err();
-        assert!(
-            matches!(
-                err,
-                StoreError::Backend {
-                    operation: "bad",
-                    ..
-                }
-            ),
-            "{err:?}"
-        );
+        assert_backend(&err, "bad");
         b.unwrap();
         assert_eq!(
             rows(dir.path()),
@@ -585,16 +584,7 @@ mod tests {
             })
             .await
             .unwrap_err();
-        assert!(
-            matches!(
-                err,
-                StoreError::Backend {
-                    operation: "bad",
-                    ..
-                }
-            ),
-            "{err:?}"
-        );
+        assert_backend(&err, "bad");
         assert_eq!(runs.load(Ordering::SeqCst), 1);
         assert_eq!(counters.reruns.load(Ordering::Relaxed), 0);
         w.submit("a", insert("a")).await.unwrap();
@@ -650,16 +640,7 @@ mod tests {
             .submit("boom", |_: &Connection| -> OpResult<()> { panic!("bug") })
             .await
             .unwrap_err();
-        assert!(
-            matches!(
-                err,
-                StoreError::Backend {
-                    operation: "boom",
-                    ..
-                }
-            ),
-            "{err:?}"
-        );
+        assert_backend(&err, "boom");
         w.submit("a", insert("a")).await.unwrap();
         assert_eq!(rows(dir.path()), ["a"]);
     }
