@@ -62,18 +62,21 @@ clinic_stand_ins() {
       examples/clinic.toml >"$work/clinic.toml"
 }
 
-# one_route BASE: the lightest pipeline that still does what the clinic's does per message:
-# after-store ACKs with fsync, a WASM step (the lab-code mapping) and a Rhai step (the PV1
-# location script), one MLLP destination; every built-in message takes it. Its `courier
-# listen` stand-in on BASE+1 (log in $work/out-one/one.log, PID in $one_standin), its config
-# in $work/one/one-route.toml listening on BASE+0 (admin server on a free port); the lookup
-# tables are the clinic's, taken from examples/clinic.toml.
+# one_route BASE [STEPS] [STORE]: the lightest pipeline that still does what the clinic's does
+# per message: after-store ACKs with fsync, a WASM step (the lab-code mapping) and a Rhai step
+# (the PV1 location script), one MLLP destination; every built-in message takes it. Its
+# `courier listen` stand-in on BASE+1 (log in $work/out-one/one.log, PID in $one_standin), its
+# config in $work/one/one-route.toml listening on BASE+0 (admin server on a free port); the
+# lookup tables are the clinic's, taken from examples/clinic.toml. STEPS (default "wasm rhai")
+# names the steps the route keeps, in that order ("" for none); STORE is a line for the config's
+# [store] table (e.g. "fsync = false"): bench/parts.sh takes the pipeline apart with them.
 one_route() {
-  local base=$1
+  local base=$1 steps=${2-wasm rhai} store=${3:-} step
   mkdir -p "$work/out-one" "$work/one"
   "$bin" listen --port $((base + 1)) >"$work/out-one/one.log" 2>&1 & one_standin=$!
   pids+=($one_standin)
-  cat >"$work/one/one-route.toml" <<EOF
+  {
+    cat <<EOF
 [admin]
 bind = "127.0.0.1:0"
 
@@ -89,15 +92,20 @@ address = "127.0.0.1:$((base + 1))"
 [[route]]
 name = "all-to-chart"
 destinations = ["chart"]
-  [[route.step]]
-  wasm = "$PWD/target/wasm-plugins/wasm32-wasip2/release/lab_codes.wasm"
-  settings = { table = "loinc", direction = "to_loinc" }
-  [[route.step]]
-  script = "$PWD/examples/scripts/pv1_location.rhai"
-
 EOF
-  sed -n '/^\[tables\./,/^\[\[route\]\]/p' examples/clinic.toml | sed '$d' \
-    >>"$work/one/one-route.toml"
+    for step in $steps; do
+      case $step in
+        wasm) printf '  [[route.step]]\n  wasm = "%s"\n  settings = %s\n' \
+                "$PWD/target/wasm-plugins/wasm32-wasip2/release/lab_codes.wasm" \
+                '{ table = "loinc", direction = "to_loinc" }' ;;
+        rhai) printf '  [[route.step]]\n  script = "%s"\n' "$PWD/examples/scripts/pv1_location.rhai" ;;
+        *) echo "one_route: no step $step" >&2; return 1 ;;
+      esac
+    done
+    [ -n "$store" ] && printf '\n[store]\n%s\n' "$store"
+    echo
+    sed -n '/^\[tables\./,/^\[\[route\]\]/p' examples/clinic.toml | sed '$d'
+  } >"$work/one/one-route.toml"
 }
 
 # start_one_route BASE: runs one_route's config (store in $work/store-one, log in
