@@ -35,18 +35,6 @@ case "$pipeline" in
   *) echo "PIPELINE is clinic or one-route, not $pipeline" >&2; exit 2 ;;
 esac
 
-# CPU seconds of the process's store writer thread.
-writer_cpu() {
-  local t
-  for t in /proc/"$1"/task/*; do
-    if [ "$(cat "$t/comm")" = courier-store-w ]; then
-      awk -v hz="$(getconf CLK_TCK)" '{ printf "%.3f", ($14 + $15) / hz }' "$t/stat"
-      return
-    fi
-  done
-  echo 0
-}
-
 engines=()
 bases=(27800 27820)
 for i in 0 1; do

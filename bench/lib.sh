@@ -27,6 +27,18 @@ wait_port() { # host port
 
 # CPU seconds (user + system) a process has used so far.
 cpu() { awk -v hz="$(getconf CLK_TCK)" '{ printf "%.3f", ($14 + $15) / hz }' "/proc/$1/stat"; }
+# CPU seconds (user + system) of a process's store writer thread so far; 0 when it has none
+# (`courier listen`).
+writer_cpu() {
+  local t
+  for t in /proc/"$1"/task/*; do
+    if [ "$(cat "$t/comm")" = courier-store-w ]; then
+      awk -v hz="$(getconf CLK_TCK)" '{ printf "%.3f", ($14 + $15) / hz }' "$t/stat"
+      return
+    fi
+  done
+  echo 0
+}
 # A /proc/PID/status figure in KiB: kib PID VmRSS.
 kib() { awk -v k="$2" '$1 == k":" { print $2 }' "/proc/$1/status"; }
 # Stops a process and waits for it.

@@ -32,18 +32,6 @@ connections=${CONNECTIONS:-8}
 . bench/lib.sh
 root=$work
 
-# CPU seconds of the process's store writer thread (0 for `courier listen`).
-writer_cpu() {
-  local t
-  for t in /proc/"$1"/task/*; do
-    if [ "$(cat "$t/comm")" = courier-store-w ]; then
-      awk -v hz="$(getconf CLK_TCK)" '{ printf "%.3f", ($14 + $15) / hz }' "$t/stat"
-      return
-    fi
-  done
-  echo 0
-}
-
 names=(full wasm rhai no-steps no-fsync ceiling)
 steps=("wasm rhai" "wasm" "rhai" "" "wasm rhai")
 stores=("" "" "" "" "fsync = false")

@@ -19,8 +19,7 @@
 //!
 //! `cargo bench -p courier --bench steps_handoff` (plugins are built first, as the tests do).
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::path::Path;
 use std::sync::{Arc, mpsc};
 use std::time::Instant;
 
@@ -28,29 +27,11 @@ use courier::config::Config;
 use courier::hl7::{Message, ParseOptions};
 use courier::steps::{Steps, run_route};
 
+#[path = "../tests/support/mod.rs"]
+mod support;
+use support::{example, repo};
+
 const MESSAGES: usize = 20_000;
-
-fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("repository")
-        .to_path_buf()
-}
-
-fn build_plugins() -> PathBuf {
-    let target = repo().join("target/wasm-plugins");
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let status = Command::new(cargo)
-        .args(["build", "--release", "--target", "wasm32-wasip2"])
-        .arg("--manifest-path")
-        .arg(repo().join("plugins/Cargo.toml"))
-        .arg("--target-dir")
-        .arg(&target)
-        .status()
-        .expect("cargo runs");
-    assert!(status.success(), "building plugins/ failed");
-    target.join("wasm32-wasip2/release")
-}
 
 /// The one-route pipeline's route with `steps` of "wasm" and "rhai", and the example clinic's
 /// lookup tables.
@@ -92,10 +73,7 @@ fn examples() -> Vec<Message> {
         "oru_r01_results.hl7",
     ]
     .iter()
-    .map(|name| {
-        let bytes = std::fs::read(repo().join("examples/messages").join(name)).expect("sample");
-        Message::parse_with(bytes, &ParseOptions::lenient()).expect("parses")
-    })
+    .map(|name| Message::parse_with(example(name), &ParseOptions::lenient()).expect("parses"))
     .collect()
 }
 
@@ -144,7 +122,8 @@ fn main() {
     } else {
         300
     };
-    let plugins = build_plugins();
+    support::build_plugins();
+    let plugins = repo().join("target/wasm-plugins/wasm32-wasip2/release");
     let messages = Arc::new(examples());
     println!(
         "the one-route steps, {n} messages (the example clinic's three in turn), us per message"
