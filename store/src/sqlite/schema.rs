@@ -300,8 +300,9 @@ pub(crate) fn prepare_writer(
     conn.pragma_update(None, "synchronous", sync).map_err(sql)?;
     conn.pragma_update(None, "foreign_keys", "ON")
         .map_err(sql)?;
-    // Each job runs in a savepoint, whose statement journal holds a copy of every page the job
-    // changes until it is released: in memory, not in a temporary file written per job.
+    // A batch run again after a job failed runs each job in a savepoint, whose statement
+    // journal holds a copy of every page the job changes until it is released: in memory, not
+    // in a temporary file written per job.
     conn.pragma_update(None, "temp_store", "MEMORY")
         .map_err(sql)?;
     // The page cache holds a transaction's dirty pages until they spill, so its size is what
