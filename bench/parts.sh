@@ -21,7 +21,7 @@
 #   bench/parts.sh                          10 rounds of 6,000 messages, 8 connections
 #   ROUNDS=20 MESSAGES=4000 CONNECTIONS=1 bench/parts.sh
 #
-# Ports 27900-27961 on 127.0.0.1 are used; everything it starts is stopped at the end.
+# Ports 27900-27941 and 27960 on 127.0.0.1 are used; everything it starts is stopped at the end.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 

@@ -17,8 +17,9 @@
 //!   `bench/e2e.sh`'s one-route pipeline) on the example order and result, with the example
 //!   clinic's LOINC table. `lab-codes/oru-cold` times the same call after 8 MiB of other
 //!   memory traffic, as if the engine's other threads had run in between. In the engine the
-//!   step costs more than twice its figure here, and caches evicted this way do not explain
-//!   it (docs/performance.md, 2026-12-04 night).
+//!   step costs more than twice its figure here; evicting caches this way does not reproduce
+//!   that, running it just after its thread was woken does (`cargo bench -p courier --bench
+//!   steps_handoff`; docs/performance.md, 2026-12-04 night).
 //! - `twelve-ops/bytes` and `twelve-ops/resource`: the measurement behind the interface
 //!   decision (`docs/plugins.md`): 7 reads and 5 writes, once on a message that crosses as
 //!   bytes, once through host calls on a message the host keeps as a WIT resource.
